@@ -1,0 +1,184 @@
+"""The `coe` command: serve the gateway, start local experts, route, evaluate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coe.config import Settings
+from coe.errors import CoeError
+
+
+def _settings(
+    config: str | None, redis_url: str | None, host: str | None, port: int | None
+) -> Settings:
+    overrides: dict[str, Any] = {}
+    if config:
+        overrides["experts_file"] = Path(config)
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    return Settings(**overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+config_option = click.option("--config", "-c", help="experts.yaml path (env COE_EXPERTS_FILE)")
+redis_option = click.option("--redis-url", help="Redis URL; unset: the embedded store")
+
+
+@click.group()
+def main() -> None:
+    """coe: a composition-of-experts gateway."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@main.command()
+@config_option
+@redis_option
+@click.option("--host")
+@click.option("--port", type=int)
+def serve(config: str | None, redis_url: str | None, host: str | None, port: int | None) -> None:
+    """Run the gateway (the experts must already be running)."""
+    import uvicorn
+
+    from coe.gateway import create_app
+
+    settings = _settings(config, redis_url, host, port)
+    _setup_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+
+
+@main.command()
+@config_option
+@redis_option
+@click.option("--host")
+@click.option("--port", type=int)
+def up(config: str | None, redis_url: str | None, host: str | None, port: int | None) -> None:
+    """Start the local vLLM experts from the config, then the gateway; Ctrl-C stops all."""
+    import uvicorn
+
+    from coe.experts.schema import load_config
+    from coe.gateway import create_app
+    from coe.local.launcher import log_paths, servers_for, start_all, stop_all
+
+    settings = _settings(config, redis_url, host, port)
+    _setup_logging(settings.log_level)
+    cfg = load_config(settings.experts_file)
+    servers = servers_for(cfg.local_servers)
+    if servers:
+        click.echo(
+            f"starting {len(servers)} local vLLM server(s); logs: "
+            + ", ".join(str(p) for p in log_paths(servers)),
+            err=True,
+        )
+        waited = asyncio.run(start_all(servers))
+        click.echo("ready: " + ", ".join(f"{k} in {v:.0f} s" for k, v in waited.items()), err=True)
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(
+        f"\ncoe is listening on {base} ({'redis' if settings.redis_url else 'embedded'} store)\n"
+        f"  curl {base}/v1/models\n"
+        f"  curl {base}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f'    -d \'{{"model": "coe/auto", "messages": [{{"role": "user", '
+        f'"content": "What is the capital of France?"}}], "max_tokens": 32}}\'\n'
+        f'  python: OpenAI(base_url="{base}/v1", api_key="unused")\n',
+        err=True,
+    )
+    try:
+        uvicorn.run(
+            create_app(settings, cfg),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        stop_all(servers)
+
+
+@main.command("prepare-model")
+def prepare_model() -> None:
+    """Convert the packaged SmolLM2 GGUF to a cached model folder (once)."""
+    from coe.local.model import ensure_smollm2
+
+    click.echo(str(ensure_smollm2()))
+
+
+@main.command("check-config")
+@config_option
+def check_config(config: str | None) -> None:
+    """Validate experts.yaml and load every router plug-in it names."""
+    from coe.experts.schema import load_config
+
+    path = Path(config or Settings().experts_file)
+    cfg = load_config(path)
+    click.echo(f"{path}: ok ({len(cfg.experts)} experts, {len(cfg.pipelines)} pipelines)")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--model", default="coe/auto", show_default=True)
+@config_option
+def route(query: str, model: str, config: str | None) -> None:
+    """Print the routing decision for QUERY without generating."""
+    from coe.gateway.services import build_services
+
+    async def run() -> dict[str, Any]:
+        services = await build_services(_settings(config, None, None, None))
+        try:
+            engine = services.engine
+            decision = await engine.decide(engine.resolve(model), query)
+            return decision.to_dict()
+        finally:
+            await services.close()
+
+    click.echo(json.dumps(asyncio.run(run()), indent=2))
+
+
+def _add_optional_groups() -> None:
+    """Evaluation and artefact commands come with the embedding extra."""
+    try:
+        from coe.eval.cli import eval_group
+        from coe.routing.build_cli import build_group
+    except ImportError:
+        return
+    main.add_command(eval_group)
+    main.add_command(build_group)
+
+
+def run() -> None:
+    _add_optional_groups()
+    try:
+        main(standalone_mode=False)
+    except CoeError as err:
+        click.echo(f"error: {err.message}", err=True)
+        sys.exit(2)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)

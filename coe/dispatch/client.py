@@ -1,0 +1,264 @@
+"""The only outbound HTTP: OpenAI-compatible chat calls to one expert, across its replicas.
+
+Per-expert concurrency limits, timeouts, and retry on another replica on a
+connection error, timeout, 429 or 5xx. Fallback to other experts is one level
+up (`coe.dispatch.fallback`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from coe.dispatch.replicas import Replica, ReplicaSet
+from coe.dispatch.sse import DONE, iter_sse_data
+from coe.errors import UpstreamError, UpstreamStatus, UpstreamTimeout
+from coe.experts.schema import ExpertSpec
+
+log = logging.getLogger(__name__)
+
+
+def prepare_body(expert: ExpertSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
+    """The request as this expert should see it: its model id, its system prompt, its caps."""
+    out = dict(body)
+    out["model"] = expert.model
+    out["stream"] = stream
+    if stream:
+        opts = dict(out.get("stream_options") or {})
+        opts["include_usage"] = True
+        out["stream_options"] = opts
+    else:
+        out.pop("stream_options", None)
+    if expert.system_prompt:
+        out["messages"] = [{"role": "system", "content": expert.system_prompt}, *body["messages"]]
+    cap = expert.limits.max_tokens
+    if cap is not None:
+        for key in ("max_tokens", "max_completion_tokens"):
+            if out.get(key) is not None:
+                out[key] = min(int(out[key]), cap)
+        if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
+            out["max_tokens"] = cap
+    return out
+
+
+class ExpertClient:
+    """Calls experts over one shared httpx client; one instance per process."""
+
+    def __init__(self, http: httpx.AsyncClient):
+        self.http = http
+        self._replicas: dict[str, tuple[tuple[str, ...], ReplicaSet]] = {}
+        self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    def replicas(self, expert: ExpertSpec) -> ReplicaSet:
+        urls = tuple(expert.base_urls())
+        cached = self._replicas.get(expert.name)
+        if cached is None or cached[0] != urls:
+            cached = (urls, ReplicaSet(list(urls)))
+            self._replicas[expert.name] = cached
+        return cached[1]
+
+    def _semaphore(self, expert: ExpertSpec) -> asyncio.Semaphore:
+        limit = expert.limits.max_concurrency
+        cached = self._limits.get(expert.name)
+        if cached is None or cached[0] != limit:
+            cached = (limit, asyncio.Semaphore(limit))
+            self._limits[expert.name] = cached
+        return cached[1]
+
+    @asynccontextmanager
+    async def _slot(self, expert: ExpertSpec) -> AsyncIterator[None]:
+        sem = self._semaphore(expert)
+        try:
+            await asyncio.wait_for(sem.acquire(), timeout=expert.limits.timeout_s)
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"expert {expert.name} is at its concurrency limit "
+                f"({expert.limits.max_concurrency}) for {expert.limits.timeout_s:.0f} s",
+                expert=expert.name,
+            ) from None
+        try:
+            yield
+        finally:
+            sem.release()
+
+    def _timeout(self, expert: ExpertSpec) -> httpx.Timeout:
+        return httpx.Timeout(expert.limits.timeout_s, connect=expert.limits.connect_timeout_s)
+
+    def _headers(self, expert: ExpertSpec) -> dict[str, str]:
+        return {"Authorization": f"Bearer {expert.api_key}"} if expert.api_key else {}
+
+    def _attempts(self, expert: ExpertSpec) -> list[Replica]:
+        """Each replica once, best first; the next expert is the fallback after that."""
+        return self.replicas(expert).order()
+
+    async def complete(self, expert: ExpertSpec, body: dict[str, Any]) -> dict[str, Any]:
+        """A non-streaming chat completion; tries each replica once."""
+        payload = prepare_body(expert, body, stream=False)
+        replicas = self.replicas(expert)
+        last: UpstreamError | None = None
+        async with self._slot(expert):
+            for replica in self._attempts(expert):
+                replica.inflight += 1
+                try:
+                    result = await self._post_json(expert, replica.url, payload)
+                except UpstreamError as err:
+                    last = err
+                    if not err.retryable:
+                        raise
+                    replicas.failed(replica)
+                    log.warning("expert %s replica %s failed: %s", expert.name, replica.url, err)
+                    continue
+                finally:
+                    replica.inflight -= 1
+                replicas.succeeded(replica)
+                return result
+        assert last is not None
+        raise last
+
+    async def _post_json(
+        self, expert: ExpertSpec, base: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        url = f"{base}/v1/chat/completions"
+        try:
+            resp = await self.http.post(
+                url, json=payload, headers=self._headers(expert), timeout=self._timeout(expert)
+            )
+        except httpx.TimeoutException as err:
+            raise UpstreamTimeout(
+                f"expert {expert.name} timed out at {base} ({type(err).__name__})",
+                expert=expert.name,
+                url=base,
+            ) from err
+        except httpx.HTTPError as err:
+            raise UpstreamError(
+                f"expert {expert.name} unreachable at {base}: {type(err).__name__}: {err}",
+                expert=expert.name,
+                url=base,
+            ) from err
+        if resp.status_code >= 400:
+            raise UpstreamStatus(
+                f"expert {expert.name} answered {resp.status_code} at {base}: {resp.text[:300]}",
+                status=resp.status_code,
+                body=resp.text,
+                expert=expert.name,
+                url=base,
+            )
+        try:
+            data: dict[str, Any] = resp.json()
+        except ValueError as err:
+            raise UpstreamError(
+                f"expert {expert.name} sent invalid JSON from {base}", expert=expert.name, url=base
+            ) from err
+        if not data.get("choices"):
+            raise UpstreamError(
+                f"expert {expert.name} sent a completion without choices from {base}",
+                expert=expert.name,
+                url=base,
+            )
+        return data
+
+    async def open_stream(
+        self, expert: ExpertSpec, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+        """Start a stream: returns its first chunk and an iterator over the rest.
+
+        Failures before the first chunk try the next replica; after it, a broken
+        stream raises UpstreamError from the iterator (the caller reports it).
+        """
+        payload = prepare_body(expert, body, stream=True)
+        replicas = self.replicas(expert)
+        last: UpstreamError | None = None
+        for replica in self._attempts(expert):
+            stream = self._stream_chunks(expert, replica, payload)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                last = UpstreamError(
+                    f"expert {expert.name} closed the stream before any token at {replica.url}",
+                    expert=expert.name,
+                    url=replica.url,
+                )
+            except UpstreamError as err:
+                last = err
+                if not err.retryable:
+                    raise
+            else:
+                replicas.succeeded(replica)
+                return first, stream
+            replicas.failed(replica)
+            log.warning("expert %s replica %s failed to stream: %s", expert.name, replica.url, last)
+        assert last is not None
+        raise last
+
+    async def _stream_chunks(
+        self, expert: ExpertSpec, replica: Replica, payload: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
+        base = replica.url
+        url = f"{base}/v1/chat/completions"
+        async with self._slot(expert):
+            replica.inflight += 1
+            try:
+                async with self.http.stream(
+                    "POST",
+                    url,
+                    json=payload,
+                    headers=self._headers(expert),
+                    timeout=self._timeout(expert),
+                ) as resp:
+                    if resp.status_code >= 400:
+                        text = (await resp.aread()).decode(errors="replace")
+                        raise UpstreamStatus(
+                            f"expert {expert.name} answered {resp.status_code} at {base}: "
+                            f"{text[:300]}",
+                            status=resp.status_code,
+                            body=text,
+                            expert=expert.name,
+                            url=base,
+                        )
+                    done = False
+                    async for data in iter_sse_data(resp.aiter_lines()):
+                        if data.strip() == DONE:
+                            done = True
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError as err:
+                            raise UpstreamError(
+                                f"expert {expert.name} sent an invalid stream event",
+                                expert=expert.name,
+                                url=base,
+                            ) from err
+                        if isinstance(chunk, dict) and "error" in chunk:
+                            raise UpstreamError(
+                                f"expert {expert.name} reported an error mid-stream: "
+                                f"{chunk['error']}",
+                                expert=expert.name,
+                                url=base,
+                            )
+                        yield chunk
+                    if not done:
+                        raise UpstreamError(
+                            f"expert {expert.name} stream ended before [DONE] at {base}",
+                            expert=expert.name,
+                            url=base,
+                        )
+            except httpx.TimeoutException as err:
+                raise UpstreamTimeout(
+                    f"expert {expert.name} timed out streaming at {base}",
+                    expert=expert.name,
+                    url=base,
+                ) from err
+            except httpx.HTTPError as err:
+                raise UpstreamError(
+                    f"expert {expert.name} stream failed at {base}: {type(err).__name__}: {err}",
+                    expert=expert.name,
+                    url=base,
+                ) from err
+            finally:
+                replica.inflight -= 1

@@ -1,0 +1,98 @@
+"""Down the ranked list: the first expert that answers wins; failures are kept, not swallowed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from coe.dispatch.client import ExpertClient
+from coe.errors import AllExpertsFailed, UpstreamError
+from coe.experts.schema import ExpertSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failure:
+    expert: str
+    error: str
+    status: int
+
+    @classmethod
+    def of(cls, expert: str, err: UpstreamError) -> Failure:
+        return cls(expert=expert, error=err.message, status=err.status_code)
+
+
+@dataclass
+class Answer:
+    expert: str
+    response: dict[str, Any]
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass
+class OpenStream:
+    expert: str
+    first: dict[str, Any]
+    rest: AsyncIterator[dict[str, Any]]
+    failures: list[Failure] = field(default_factory=list)
+
+
+def _resolve(names: Sequence[str], experts: Mapping[str, ExpertSpec]) -> list[ExpertSpec]:
+    return [experts[n] for n in dict.fromkeys(names) if n in experts]
+
+
+async def complete_ranked(
+    client: ExpertClient,
+    names: Sequence[str],
+    experts: Mapping[str, ExpertSpec],
+    body: dict[str, Any],
+) -> Answer:
+    errors: list[UpstreamError] = []
+    failures: list[Failure] = []
+    for expert in _resolve(names, experts):
+        try:
+            response = await client.complete(expert, body)
+        except UpstreamError as err:
+            if not err.retryable:
+                raise
+            errors.append(err)
+            failures.append(Failure.of(expert.name, err))
+            log.warning("falling back from expert %s: %s", expert.name, err.message)
+            continue
+        return Answer(expert=expert.name, response=response, failures=failures)
+    raise _all_failed(errors, names)
+
+
+async def stream_ranked(
+    client: ExpertClient,
+    names: Sequence[str],
+    experts: Mapping[str, ExpertSpec],
+    body: dict[str, Any],
+) -> OpenStream:
+    """Fall back only until an expert sends its first chunk; after that the stream is its."""
+    errors: list[UpstreamError] = []
+    failures: list[Failure] = []
+    for expert in _resolve(names, experts):
+        try:
+            first, rest = await client.open_stream(expert, body)
+        except UpstreamError as err:
+            if not err.retryable:
+                raise
+            errors.append(err)
+            failures.append(Failure.of(expert.name, err))
+            log.warning(
+                "falling back from expert %s before first token: %s", expert.name, err.message
+            )
+            continue
+        return OpenStream(expert=expert.name, first=first, rest=rest, failures=failures)
+    raise _all_failed(errors, names)
+
+
+def _all_failed(errors: list[UpstreamError], names: Sequence[str]) -> AllExpertsFailed:
+    if not errors:
+        return AllExpertsFailed(f"none of the experts {list(names)} is registered", [])
+    detail = "; ".join(e.message for e in errors)
+    return AllExpertsFailed(f"all {len(errors)} candidate experts failed: {detail}", errors)

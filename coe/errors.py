@@ -1,0 +1,132 @@
+"""One error tree for everything a user or an upstream can cause.
+
+    CoeError                      status  type
+    ├── ConfigError                 500   config_error        bad experts.yaml / settings
+    ├── InvalidRequest              400   invalid_request_error
+    │   └── PayloadTooLarge         413   invalid_request_error
+    ├── NotFound                    404   not_found_error
+    │   └── ModelNotFound           404   invalid_request_error (code model_not_found)
+    ├── RoutingError                500   routing_error       every router abstained
+    ├── StoreUnavailable            503   store_unavailable
+    └── UpstreamError               502   upstream_error      one expert call failed
+        ├── UpstreamTimeout         504   upstream_timeout
+        ├── UpstreamStatus          502   upstream_error      5xx/429 answer (400 when the expert
+        │                                                     rejected the request itself)
+        └── AllExpertsFailed        502   upstream_error      every candidate failed (keeps all)
+
+The gateway turns any CoeError into OpenAI's error shape with `to_openai()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoeError(Exception):
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class ConfigError(CoeError):
+    error_type = "config_error"
+
+
+class InvalidRequest(CoeError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class NotFound(CoeError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RoutingError(CoeError):
+    error_type = "routing_error"
+
+
+class StoreUnavailable(CoeError):
+    status_code = 503
+    error_type = "store_unavailable"
+
+
+class UpstreamError(CoeError):
+    status_code = 502
+    error_type = "upstream_error"
+
+    def __init__(self, message: str, *, expert: str | None = None, url: str | None = None):
+        super().__init__(message)
+        self.expert = expert
+        self.url = url
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another replica or expert may succeed where this one failed."""
+        return True
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    error_type = "upstream_timeout"
+
+
+class UpstreamStatus(UpstreamError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        expert: str | None = None,
+        url: str | None = None,
+    ):
+        super().__init__(message, expert=expert, url=url)
+        self.status = status
+        self.body = body
+        if 400 <= status < 500 and status != 429:
+            # The expert rejected the request itself: that is the client's error to fix.
+            self.status_code = 400
+            self.error_type = "invalid_request_error"
+
+    @property
+    def retryable(self) -> bool:
+        # 4xx from an expert means our request is wrong for it; another replica says the same.
+        return self.status >= 500 or self.status == 429
+
+
+class AllExpertsFailed(UpstreamError):
+    def __init__(self, message: str, failures: list[UpstreamError]):
+        super().__init__(message)
+        self.failures = failures
+        worst = max((f.status_code for f in failures), default=502)
+        self.status_code = (
+            504 if worst == 504 and all(isinstance(f, UpstreamTimeout) for f in failures) else 502
+        )

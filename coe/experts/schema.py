@@ -1,0 +1,159 @@
+"""The schema of experts.yaml: experts, the category map, routers and pipelines.
+
+Every model forbids unknown keys, so a typo fails at start-up with the file,
+the key path and what is wrong, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+
+from coe.errors import ConfigError
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpertLimits(Strict):
+    max_concurrency: int = Field(16, ge=1, le=4096)
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class ExpertSpec(Strict):
+    name: str = Field(pattern=NAME_RE)
+    model: str = Field(min_length=1, description="model id the upstream server serves")
+    endpoints: list[HttpUrl] = Field(min_length=1, description="OpenAI-compatible base URLs")
+    description: str = ""
+    categories: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+    system_prompt: str | None = None
+    cost: float = Field(0.0, ge=0, description="price per million tokens")
+    api_key: str | None = Field(None, repr=False)
+    limits: ExpertLimits = ExpertLimits()
+
+    def base_urls(self) -> list[str]:
+        return [str(u).rstrip("/") for u in self.endpoints]
+
+
+class RouterSpec(Strict):
+    type: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class DynamicK(Strict):
+    tau: float = Field(0.4, gt=0, le=1)
+    max_k: int = Field(3, ge=1, le=16)
+
+
+class AggregationSpec(Strict):
+    strategy: Literal["synthesize", "vote", "first", "best"] = "synthesize"
+    aggregator: str | None = None
+
+
+class PipelineSpec(Strict):
+    routers: list[str] = Field(
+        min_length=1, description="tried in order until one does not abstain"
+    )
+    k: int = Field(1, ge=1, le=16)
+    dynamic_k: DynamicK | None = None
+    aggregation: AggregationSpec = AggregationSpec()
+    description: str = ""
+
+
+class LocalServer(Strict):
+    """A vLLM server `coe up` starts on this machine before the gateway."""
+
+    name: str = Field(pattern=NAME_RE)
+    model: str = Field("builtin:smollm2-135m-instruct", description="builtin:NAME or a folder")
+    served_model_name: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    cpu_core: int | None = Field(None, ge=0)
+    args: list[str] = Field(default_factory=list)
+
+
+class CoeConfig(Strict):
+    experts: list[ExpertSpec] = Field(min_length=1)
+    local_servers: list[LocalServer] = Field(default_factory=list)
+    default_expert: str
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    routers: dict[str, RouterSpec] = Field(default_factory=dict)
+    pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
+    default_pipeline: str = "auto"
+    routers_dir: str = "routers"
+
+    @model_validator(mode="after")
+    def _check_references(self) -> CoeConfig:
+        names = [e.name for e in self.experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate expert names: {', '.join(dupes)}")
+        known = set(names)
+        if self.default_expert not in known:
+            raise ValueError(f"default_expert {self.default_expert!r} is not a listed expert")
+        for cat, experts in self.categories.items():
+            missing = [e for e in experts if e not in known]
+            if missing:
+                raise ValueError(f"categories.{cat} names unknown experts: {', '.join(missing)}")
+        for pname, pipe in self.pipelines.items():
+            if not re.match(NAME_RE, pname):
+                raise ValueError(f"pipeline name {pname!r} is not a valid name")
+            for r in pipe.routers:
+                if r not in self.routers and r != "default":
+                    raise ValueError(f"pipelines.{pname}.routers names unknown router {r!r}")
+            agg = pipe.aggregation.aggregator
+            if agg is not None and agg not in known:
+                raise ValueError(f"pipelines.{pname}.aggregation.aggregator {agg!r} is unknown")
+        if self.pipelines and self.default_pipeline not in self.pipelines:
+            raise ValueError(f"default_pipeline {self.default_pipeline!r} is not a pipeline")
+        return self
+
+    def expert(self, name: str) -> ExpertSpec | None:
+        return next((e for e in self.experts if e.name == name), None)
+
+    def pipeline_names(self) -> list[str]:
+        return list(self.pipelines) or [self.default_pipeline]
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: Path | str = "<config>") -> CoeConfig:
+    path = Path(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return CoeConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(path, err)) from None
+
+
+def load_config(path: Path | str) -> CoeConfig:
+    """Read and validate experts.yaml; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_config(data, path)

@@ -1,0 +1,94 @@
+"""The one place exceptions become OpenAI-shaped error responses."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coe.errors import CoeError, InvalidRequest, PayloadTooLarge
+
+log = logging.getLogger(__name__)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    """First problem of a pydantic error list, as a sentence and a dotted param."""
+    parts = []
+    param = None
+    for e in errors[:3]:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "Invalid request: " + "; ".join(parts) + more, param
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, with size and syntax errors made specific."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(
+            f"Request body of {declared} bytes exceeds the {max_bytes}-byte limit"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"Request body exceeds the {max_bytes}-byte limit")
+    if not body:
+        raise InvalidRequest("Request body is empty; send a JSON object")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidRequest(f"Request body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"Request body must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(CoeError)
+    async def _coe(request: Request, err: CoeError) -> JSONResponse:
+        if err.status_code >= 500:
+            log.warning("request failed: %s: %s", type(err).__name__, err.message)
+        return JSONResponse(err.to_openai(), status_code=err.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(request: Request, err: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(list(err.errors()))
+        return openai_error(400, message, "invalid_request_error", param=param)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(request: Request, err: ValidationError) -> JSONResponse:
+        message, param = validation_message(list(err.errors()))
+        return openai_error(400, message, "invalid_request_error", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        type_ = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return openai_error(err.status_code, str(err.detail), type_, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return openai_error(500, "Internal server error", "server_error")

@@ -1,0 +1,79 @@
+"""Shared fixtures: real Redis (isolated prefix), a real vLLM CPU expert, free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+async def redis_store() -> AsyncIterator[object]:
+    """A RedisStore on the real server under a fresh key prefix, emptied afterwards."""
+    from coe.store.redis_store import RedisStore
+
+    store = RedisStore.from_url(REDIS_URL, prefix=f"coe-test:{uuid.uuid4().hex[:12]}:")
+    try:
+        await store.ping()
+    except Exception as err:  # the server is part of the test machine; say so clearly
+        pytest.fail(f"Redis at {REDIS_URL} is not reachable: {err}")
+    yield store
+    keys = [k async for k in store.client.scan_iter(match=store.prefix + "*")]
+    if keys:
+        await store.client.delete(*keys)
+    await store.close()
+
+
+@dataclass(frozen=True)
+class LiveExpert:
+    base_url: str
+    model: str
+
+
+@pytest.fixture(scope="session")
+def vllm_expert() -> Iterator[LiveExpert]:
+    """One real vLLM CPU server with SmolLM2-135M-Instruct for the whole session.
+
+    Set COE_TEST_VLLM_URL (and COE_TEST_VLLM_MODEL) to reuse a server already running.
+    """
+    url = os.environ.get("COE_TEST_VLLM_URL")
+    if url:
+        yield LiveExpert(url.rstrip("/"), os.environ.get("COE_TEST_VLLM_MODEL", "smollm2"))
+        return
+    from coe.local.model import ensure_smollm2
+    from coe.local.vllm_server import VllmServer
+
+    log_path = Path(os.environ.get("COE_TEST_LOG_DIR", "/tmp")) / "coe-test-vllm.log"
+    server = VllmServer(ensure_smollm2(), free_port(), "smollm2", cpu_core=0, log_path=log_path)
+    server.start()
+    try:
+        asyncio.run(server.wait_healthy(timeout_s=400))
+        yield LiveExpert(server.base_url, "smollm2")
+    finally:
+        server.stop()
