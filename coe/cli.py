@@ -182,3 +182,7 @@ def run() -> None:
         sys.exit(err.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

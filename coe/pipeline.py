@@ -224,10 +224,9 @@ async def build_engine(
 ) -> Engine:
     """Load router plug-ins, build every configured router once, and set them up."""
     plugins = RouterRegistry()
-    routers_dir = Path(config.routers_dir)
-    if not routers_dir.is_absolute():
-        routers_dir = base_dir / routers_dir
-    plugins.load_dir(routers_dir)
+    for folder in config.routers_dirs:
+        path = Path(folder)
+        plugins.load_dir(path if path.is_absolute() else base_dir / path)
     plugins.load_entry_points()
     engine = Engine(config, registry, client, {})
     deps = RouterDeps(

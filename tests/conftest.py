@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from coe.store.redis_store import RedisStore
+from coe.testing.redis import isolated_redis_store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -34,20 +36,10 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
-async def redis_store() -> AsyncIterator[object]:
+async def redis_store() -> AsyncIterator[RedisStore]:
     """A RedisStore on the real server under a fresh key prefix, emptied afterwards."""
-    from coe.store.redis_store import RedisStore
-
-    store = RedisStore.from_url(REDIS_URL, prefix=f"coe-test:{uuid.uuid4().hex[:12]}:")
-    try:
-        await store.ping()
-    except Exception as err:  # the server is part of the test machine; say so clearly
-        pytest.fail(f"Redis at {REDIS_URL} is not reachable: {err}")
-    yield store
-    keys = [k async for k in store.client.scan_iter(match=store.prefix + "*")]
-    if keys:
-        await store.client.delete(*keys)
-    await store.close()
+    async with isolated_redis_store(REDIS_URL) as store:
+        yield store
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,10 @@ class CoeConfig(Strict):
     routers: dict[str, RouterSpec] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     default_pipeline: str = "auto"
-    routers_dir: str = "routers"
+    routers_dirs: list[str] = Field(
+        default_factory=lambda: ["routers"],
+        description="folders of router plug-ins, relative to this file; later ones may add types",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> CoeConfig:

@@ -15,15 +15,15 @@ def dynamic_k(decision: RouteDecision, tau: float, max_k: int) -> RouteDecision:
         return decision
     scores = [max(0.0, c.score) for c in decision.candidates]
     total = sum(scores)
-    if total <= 0:
-        return decision.with_k(1)
     cumulative = 0.0
-    k = len(scores)
-    for i, s in enumerate(scores, start=1):
-        cumulative += s / total
-        if cumulative >= tau - 1e-12:
-            k = i
-            break
+    k = 1
+    if total > 0:
+        k = len(scores)
+        for i, s in enumerate(scores, start=1):
+            cumulative += s / total
+            if cumulative >= tau - 1e-12:
+                k = i
+                break
     k = min(k, max_k, len(scores))
     return RouteDecision(
         candidates=decision.candidates,

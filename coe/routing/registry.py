@@ -6,6 +6,7 @@ third-party ones, so there is no central if/elif to edit for a new router.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import sys
@@ -73,7 +74,9 @@ class RouterRegistry:
 
 
 def _load_module(path: Path) -> Any:
-    mod_name = f"coe_router_plugins.{path.stem}"
+    # The path's hash keeps two folders' `keyword.py` apart.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    mod_name = f"coe_router_plugins.{path.stem}_{digest}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, path)

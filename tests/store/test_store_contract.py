@@ -1,0 +1,115 @@
+"""One contract, two stores: the embedded store and real Redis must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from coe.experts.registry import ExpertRegistry
+from coe.experts.schema import CoeConfig, ExpertSpec
+from coe.store.base import Store
+from coe.store.embedded import EmbeddedStore
+from coe.testing.redis import isolated_redis_store
+
+REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(params=["embedded", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "embedded":
+        s = EmbeddedStore(prefix="t:")
+        yield s
+        await s.close()
+    else:
+        async with isolated_redis_store(REDIS_URL) as redis:
+            yield redis
+
+
+async def test_strings_ttl_and_delete(store: Store) -> None:
+    assert await store.get("missing") is None
+    await store.set("k", "v")
+    assert await store.get("k") == "v"
+    await store.set("short", "x", ttl_s=0.15)
+    assert await store.get("short") == "x"
+    await asyncio.sleep(0.3)
+    assert await store.get("short") is None
+    assert await store.delete("k", "nothing") == 1
+    assert await store.get("k") is None
+
+
+async def test_counters(store: Store) -> None:
+    assert await store.incr("c") == 1
+    assert await store.incr("c", 5) == 6
+    assert await store.incr("w", ttl_s=0.15) == 1
+    assert await store.incr("w", ttl_s=10) == 2  # ttl is set on creation only
+    await asyncio.sleep(0.3)
+    assert await store.incr("w") == 1
+
+
+async def test_hashes_and_keys(store: Store) -> None:
+    await store.hset("h", {"a": "1", "b": "2"})
+    await store.hset("h", {"b": "3"})
+    assert await store.hget("h", "b") == "3"
+    assert await store.hget("h", "zz") is None
+    assert await store.hgetall("h") == {"a": "1", "b": "3"}
+    assert await store.hdel("h", "a", "zz") == 1
+    assert await store.hgetall("h") == {"b": "3"}
+    assert await store.hgetall("none") == {}
+    await store.set("p:1", "x")
+    await store.set("p:2", "y")
+    assert await store.keys("p:") == ["p:1", "p:2"]
+
+
+async def test_publish_subscribe(store: Store) -> None:
+    received: list[str] = []
+    sub = store.subscribe("chan")
+
+    async def listen() -> None:
+        async for msg in sub:
+            received.append(msg)
+            if msg == "second":
+                return
+
+    task = asyncio.create_task(listen())
+    for _ in range(50):  # the subscription must be live before publishing
+        await asyncio.sleep(0.02)
+        await store.publish("chan", "ping")
+        if received:
+            break
+    await store.publish("chan", "second")
+    await asyncio.wait_for(task, 5)
+    assert received[-1] == "second"
+    with contextlib.suppress(Exception):
+        await sub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_registry_seed_update_remove(store: Store) -> None:
+    config = CoeConfig.model_validate(
+        {
+            "experts": [
+                {"name": "a", "model": "m", "endpoints": ["http://127.0.0.1:9"]},
+                {"name": "b", "model": "m", "endpoints": ["http://127.0.0.1:9"]},
+            ],
+            "default_expert": "a",
+        }
+    )
+    reg = ExpertRegistry(store)
+    await reg.seed(config)
+    assert list(reg.snapshot()) == ["a", "b"]
+    first_version = reg.version
+    await reg.upsert(ExpertSpec(name="c", model="m2", endpoints=["http://127.0.0.1:11"]))
+    assert reg.version == first_version + 1
+    assert reg.get("c").model == "m2"
+    # A second replica sharing the store sees the change on refresh, and a re-seed does not
+    # overwrite what an operator changed at run time.
+    other = ExpertRegistry(store)
+    await other.seed(config)
+    assert set(other.snapshot()) == {"a", "b", "c"}
+    await reg.remove("b")
+    assert await other.refresh() is True
+    assert set(other.snapshot()) == {"a", "c"}
+    assert await other.refresh() is False
