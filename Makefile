@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 run: setup
 	$(BIN)/coe prepare-model >/dev/null
-	$(BIN)/coe up
+	$(BIN)/coe up --dev
 
 test: setup
 	$(BIN)/python -m pytest

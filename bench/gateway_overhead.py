@@ -104,7 +104,7 @@ def main() -> None:
         }
         cfg_path = Path(tmp) / "experts.yaml"
         cfg_path.write_text(yaml.safe_dump(config))
-        env = {**os.environ, "COE_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "COE_LOG_LEVEL": "WARNING", "COE_DEV_MODE": "1"}
         try:
             procs.append(
                 subprocess.Popen(

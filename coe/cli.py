@@ -4,44 +4,62 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from coe.config import Settings
 from coe.errors import CoeError
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def _settings(
-    config: str | None, redis_url: str | None, host: str | None, port: int | None
-) -> Settings:
-    overrides: dict[str, Any] = {}
-    if config:
-        overrides["experts_file"] = Path(config)
-    if redis_url:
-        overrides["redis_url"] = redis_url
-    if host:
-        overrides["host"] = host
-    if port:
-        overrides["port"] = port
+
+def gateway_options(func: F) -> F:
+    """Options shared by the commands that run a gateway; each overrides a COE_* variable."""
+    options = [
+        click.option("--config", "-c", help="experts.yaml path (COE_EXPERTS_FILE)"),
+        click.option("--redis-url", help="Redis URL (COE_REDIS_URL); unset: embedded store"),
+        click.option("--host", help="bind address (COE_HOST)"),
+        click.option("--port", type=int, help="port (COE_PORT)"),
+        click.option("--dev", is_flag=True, help="dev mode: no admin token needed (COE_DEV_MODE)"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _settings(**given: Any) -> Settings:
+    names = {
+        "config": "experts_file",
+        "redis_url": "redis_url",
+        "host": "host",
+        "port": "port",
+        "dev": "dev_mode",
+    }
+    overrides = {names[k]: v for k, v in given.items() if k in names and v}
     return Settings(**overrides)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def _serve(settings: Settings, app: Any) -> None:
+    import uvicorn
+
+    from coe.observability import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        log_config=None,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-config_option = click.option("--config", "-c", help="experts.yaml path (env COE_EXPERTS_FILE)")
-redis_option = click.option("--redis-url", help="Redis URL; unset: the embedded store")
 
 
 @click.group()
@@ -52,42 +70,25 @@ def main() -> None:
 
 
 @main.command()
-@config_option
-@redis_option
-@click.option("--host")
-@click.option("--port", type=int)
-def serve(config: str | None, redis_url: str | None, host: str | None, port: int | None) -> None:
+@gateway_options
+def serve(**options: Any) -> None:
     """Run the gateway (the experts must already be running)."""
-    import uvicorn
-
     from coe.gateway import create_app
 
-    settings = _settings(config, redis_url, host, port)
-    _setup_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=5,
-    )
+    settings = _settings(**options)
+    _serve(settings, create_app(settings))
 
 
 @main.command()
-@config_option
-@redis_option
-@click.option("--host")
-@click.option("--port", type=int)
-def up(config: str | None, redis_url: str | None, host: str | None, port: int | None) -> None:
+@gateway_options
+def up(**options: Any) -> None:
     """Start the local vLLM experts from the config, then the gateway; Ctrl-C stops all."""
-    import uvicorn
-
     from coe.experts.schema import load_config
     from coe.gateway import create_app
     from coe.local.launcher import log_paths, servers_for, start_all, stop_all
 
-    settings = _settings(config, redis_url, host, port)
-    _setup_logging(settings.log_level)
+    settings = _settings(**options)
+    settings.checked_admin_token()
     cfg = load_config(settings.experts_file)
     servers = servers_for(cfg.local_servers)
     if servers:
@@ -109,13 +110,7 @@ def up(config: str | None, redis_url: str | None, host: str | None, port: int | 
         err=True,
     )
     try:
-        uvicorn.run(
-            create_app(settings, cfg),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            timeout_graceful_shutdown=5,
-        )
+        _serve(settings, create_app(settings, cfg))
     finally:
         stop_all(servers)
 
@@ -129,7 +124,7 @@ def prepare_model() -> None:
 
 
 @main.command("check-config")
-@config_option
+@click.option("--config", "-c", help="experts.yaml path (COE_EXPERTS_FILE)")
 def check_config(config: str | None) -> None:
     """Validate experts.yaml and load every router plug-in it names."""
     from coe.experts.schema import load_config
@@ -142,13 +137,13 @@ def check_config(config: str | None) -> None:
 @main.command()
 @click.argument("query")
 @click.option("--model", default="coe/auto", show_default=True)
-@config_option
+@click.option("--config", "-c", help="experts.yaml path (COE_EXPERTS_FILE)")
 def route(query: str, model: str, config: str | None) -> None:
     """Print the routing decision for QUERY without generating."""
     from coe.gateway.services import build_services
 
     async def run() -> dict[str, Any]:
-        services = await build_services(_settings(config, None, None, None))
+        services = await build_services(_settings(config=config, dev=True))
         try:
             engine = services.engine
             decision = await engine.decide(engine.resolve(model), query)

@@ -4,8 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from coe.errors import ConfigError
+
+PLACEHOLDER_TOKENS = {
+    "",
+    "changeme",
+    "change-me",
+    "change_me",
+    "secret",
+    "admin",
+    "token",
+    "password",
+    "placeholder",
+    "xxx",
+    "todo",
+    "replace-me",
+    "dev",
+    "test",
+}
+MIN_TOKEN_LENGTH = 16
 
 
 class Settings(BaseSettings):
@@ -16,7 +36,32 @@ class Settings(BaseSettings):
     store_prefix: str = "coe:"
     host: str = "127.0.0.1"
     port: int = 8000
+
+    admin_token: SecretStr | None = None
+    dev_mode: bool = Field(False, description="allow a missing admin token (one is generated)")
+    require_api_key: bool = False
+    default_rate_limit_rpm: int = Field(600, ge=1)
+
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_messages: int = Field(512, ge=1)
+    max_tokens_limit: int = Field(32768, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0, description="slow clients: whole body within this")
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    keep_alive_s: int = Field(30, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
+    registry_poll_s: float = Field(5.0, gt=0, description="safety net beside pub/sub notices")
+
     log_level: str = "INFO"
+    log_json: bool = False
+
+    def checked_admin_token(self) -> str | None:
+        """The admin token, refusing empty or placeholder values outside dev mode."""
+        token = self.admin_token.get_secret_value() if self.admin_token else ""
+        weak = token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
+        if weak and not self.dev_mode:
+            raise ConfigError(
+                "COE_ADMIN_TOKEN is empty, a placeholder or shorter than "
+                f"{MIN_TOKEN_LENGTH} characters; set a real secret (e.g. `openssl rand -hex 32`) "
+                "or run in dev mode (COE_DEV_MODE=1 / --dev)"
+            )
+        return token or None

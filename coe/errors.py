@@ -3,9 +3,13 @@
     CoeError                      status  type
     ├── ConfigError                 500   config_error        bad experts.yaml / settings
     ├── InvalidRequest              400   invalid_request_error
-    │   └── PayloadTooLarge         413   invalid_request_error
+    │   ├── PayloadTooLarge         413   invalid_request_error
+    │   └── RequestTimeout          408   invalid_request_error the client sent its body too slowly
+    ├── Unauthorized                401   authentication_error missing or wrong key / token
     ├── NotFound                    404   not_found_error
     │   └── ModelNotFound           404   invalid_request_error (code model_not_found)
+    ├── Conflict                    409   conflict_error      the resource already exists / in use
+    ├── RateLimited                 429   rate_limit_error    a key's request budget is spent
     ├── RoutingError                500   routing_error       every router abstained
     ├── StoreUnavailable            503   store_unavailable
     └── UpstreamError               502   upstream_error      one expert call failed
@@ -57,6 +61,32 @@ class InvalidRequest(CoeError):
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
     code = "payload_too_large"
+
+
+class Unauthorized(CoeError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Conflict(CoeError):
+    status_code = 409
+    error_type = "conflict_error"
+
+
+class RateLimited(CoeError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(InvalidRequest):
+    status_code = 408
+    code = "request_timeout"
 
 
 class NotFound(CoeError):

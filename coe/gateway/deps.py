@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from coe.gateway.services import Services
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def get_services(request: Request) -> Services:
@@ -19,11 +16,12 @@ def get_services(request: Request) -> Services:
 
 
 def request_id(request: Request) -> str:
-    """The caller's X-Request-Id when it is sane, else a new one."""
-    incoming = request.headers.get("x-request-id", "")
-    rid = incoming if _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex[:20]}"
-    request.state.request_id = rid
-    return rid
+    """The id the request-context middleware gave this request (or a fresh one)."""
+    rid = getattr(request.state, "request_id", None)
+    if not rid:
+        rid = f"req-{uuid.uuid4().hex[:20]}"
+        request.state.request_id = rid
+    return str(rid)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

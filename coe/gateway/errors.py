@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coe.errors import CoeError, InvalidRequest, PayloadTooLarge
+from coe.errors import CoeError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _coe(request: Request, err: CoeError) -> JSONResponse:
         if err.status_code >= 500:
             log.warning("request failed: %s: %s", type(err).__name__, err.message)
-        return JSONResponse(err.to_openai(), status_code=err.status_code)
+        headers = {}
+        if isinstance(err, RateLimited):
+            headers["retry-after"] = str(err.retry_after_s)
+        elif isinstance(err, Unauthorized):
+            headers["www-authenticate"] = "Bearer"
+        return JSONResponse(err.to_openai(), status_code=err.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, err: RequestValidationError) -> JSONResponse:

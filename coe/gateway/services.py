@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from coe.config import Settings
 from coe.dispatch import ExpertClient
+from coe.errors import ConfigError
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
+from coe.observability import Metrics
 from coe.pipeline import Engine, build_engine
-from coe.store import open_store
+from coe.security import ApiKeyStore
+from coe.store import keys, open_store
 from coe.store.base import Store
+from coe.store.watch import follow_channel, poll
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +34,53 @@ class Services:
     store: Store
     registry: ExpertRegistry
     http: httpx.AsyncClient
+    client: ExpertClient
     engine: Engine
+    metrics: Metrics
+    api_keys: ApiKeyStore
+    admin_token: str
+    base_dir: Path
+    encoders: Any = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start_background(self) -> None:
+        """Follow registry, key and config notices from other replicas (and poll as a net)."""
+
+        async def on_registry(_: str) -> None:
+            if await self.registry.refresh():
+                self.metrics.registry_version.set(self.registry.version)
+
+        async def on_keys(_: str) -> None:
+            await self.api_keys.refresh()
+
+        async def on_reload(_: str) -> None:
+            try:
+                await self.reload_config()
+            except ConfigError as err:  # the previous config keeps serving
+                log.error("config reload refused: %s", err.message)
+
+        every = self.settings.registry_poll_s
+        self.tasks += [
+            asyncio.create_task(follow_channel(self.store, keys.EXPERTS_CHANNEL, on_registry)),
+            asyncio.create_task(follow_channel(self.store, keys.API_KEYS_CHANNEL, on_keys)),
+            asyncio.create_task(follow_channel(self.store, keys.CONFIG_RELOAD_CHANNEL, on_reload)),
+            asyncio.create_task(poll(every, lambda: on_registry(""), "registry")),
+        ]
+
+    async def reload_config(self) -> Engine:
+        """Re-read experts.yaml and rebuild the routers; the old engine serves until then."""
+        config = await asyncio.to_thread(load_config, self.settings.experts_file)
+        engine = await build_engine(
+            config, self.registry, self.client, self.store, self.base_dir, encoders=self.encoders
+        )
+        self.config, self.engine = config, engine
+        log.info("routing config reloaded from %s", self.settings.experts_file)
+        return engine
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.http.aclose()
         await self.store.close()
 
@@ -43,28 +94,55 @@ def _encoder_cache() -> object | None:
     return EncoderCache()
 
 
-async def build_services(settings: Settings, config: CoeConfig | None = None) -> Services:
+def _admin_token(settings: Settings) -> str:
+    token = settings.checked_admin_token()
+    if token is None:
+        token = secrets.token_urlsafe(24)
+        log.warning("dev mode: no COE_ADMIN_TOKEN set; this run's admin token is %s", token)
+    return token
+
+
+async def build_services(
+    settings: Settings, config: CoeConfig | None = None, metrics: Metrics | None = None
+) -> Services:
+    admin_token = _admin_token(settings)
     config_path = Path(settings.experts_file)
     if config is None:
-        config = load_config(config_path)
+        config = await asyncio.to_thread(load_config, config_path)
     base_dir = Path(os.path.abspath(config_path)).parent  # noqa: ASYNC240 - start-up only
     store = open_store(settings.redis_url, prefix=settings.store_prefix)
     try:
         registry = ExpertRegistry(store)
         await registry.seed(config)
+        api_keys = ApiKeyStore(store)
+        await api_keys.refresh()
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(settings.request_timeout_s))
         client = ExpertClient(http)
-        engine = await build_engine(
-            config, registry, client, store, base_dir, encoders=_encoder_cache()
-        )
+        encoders = _encoder_cache()
+        engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
     except BaseException:
         await store.close()
         raise
+    metrics = metrics or Metrics()
+    metrics.registry_version.set(registry.version)
     log.info(
         "coe ready: %d experts, pipelines %s, store %s",
         len(registry.snapshot()),
         ", ".join(engine.pipelines),
         "redis" if settings.redis_url else "embedded",
     )
-    return Services(settings, config, store, registry, http, engine)
+    return Services(
+        settings=settings,
+        config=config,
+        store=store,
+        registry=registry,
+        http=http,
+        client=client,
+        engine=engine,
+        metrics=metrics,
+        api_keys=api_keys,
+        admin_token=admin_token,
+        base_dir=base_dir,
+        encoders=encoders,
+    )

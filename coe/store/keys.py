@@ -3,6 +3,9 @@
 EXPERTS = "experts"  # hash: name -> ExpertSpec JSON
 EXPERTS_VERSION = "experts:version"  # int, bumped on every change
 EXPERTS_CHANNEL = "experts:changed"  # pub/sub: the new version
+API_KEYS = "apikeys"  # hash: sha256(secret) -> ApiKey JSON
+API_KEYS_CHANNEL = "apikeys:changed"  # pub/sub: the key id
+CONFIG_RELOAD_CHANNEL = "config:reload"  # pub/sub: every replica re-reads its experts.yaml
 
 
 def instruction_cache(query_hash: str) -> str:

@@ -90,11 +90,14 @@ class RedisStore(Store):
 
     async def subscribe(self, channel: str) -> AsyncIterator[str]:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        await self._run(pubsub.subscribe(self._k(channel)))
         try:
-            async for msg in pubsub.listen():
-                if msg.get("type") == "message":
-                    yield str(msg["data"])
+            await self._run(pubsub.subscribe(self._k(channel)))
+            try:
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        yield str(msg["data"])
+            except (RedisError, OSError) as err:
+                raise StoreUnavailable(f"Redis is unavailable: {err}") from err
         finally:
             await pubsub.aclose()
 

@@ -10,7 +10,13 @@ import uvicorn
 
 
 class ServedApp:
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, lifespan: Literal["auto", "on", "off"] = "on"):
+    def __init__(
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lifespan: Literal["auto", "on", "off"] = "on",
+    ):
         self.host = host
         config = uvicorn.Config(
             app,

@@ -52,7 +52,7 @@ def gateway(vllm_expert) -> Iterator[str]:  # type: ignore[no-untyped-def]
             "routers_dirs": [str(REPO / "routers")],
         }
     )
-    server = ServedApp(create_app(Settings(), config)).start()
+    server = ServedApp(create_app(Settings(dev_mode=True), config)).start()
     yield server.base_url
     server.stop()
 

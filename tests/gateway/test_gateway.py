@@ -58,7 +58,7 @@ def gateway(ups: list[FakeUpstream]) -> Iterator[str]:
             "routers_dirs": [str(REPO / "routers")],
         }
     )
-    settings = Settings(max_body_bytes=64 * 1024, max_messages=8)
+    settings = Settings(max_body_bytes=64 * 1024, max_messages=8, dev_mode=True)
     server = ServedApp(create_app(settings, config)).start()
     yield server.base_url
     server.stop()

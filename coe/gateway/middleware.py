@@ -1,0 +1,119 @@
+"""Per-request plumbing as plain ASGI: request ids, metrics, body limits, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coe.errors import RequestTimeout
+from coe.observability import Metrics, bind_request_id
+from coe.observability.logs import reset_request_id
+
+log = logging.getLogger(__name__)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+
+
+def _error(status: int, message: str, type_: str, code: str) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    ).encode()
+
+
+class RequestContext:
+    """Assigns the request id, counts and times every request, enforces body limits."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float):
+        self.app = app
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        incoming = headers.get("x-request-id", "")
+        rid = incoming if _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex[:20]}"
+        scope.setdefault("state", {})["request_id"] = rid
+        token = bind_request_id(rid)
+        status = 500
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+
+        async def send_wrapped(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *[(k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"],
+                    (b"x-request-id", rid.encode()),
+                ]
+            await send(message)
+
+        try:
+            declared = headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                await self._reject(
+                    send_wrapped,
+                    413,
+                    _error(
+                        413,
+                        f"Request body of {declared} bytes exceeds the "
+                        f"{self.max_body_bytes}-byte limit",
+                        "invalid_request_error",
+                        "payload_too_large",
+                    ),
+                )
+                return
+            await self.app(scope, self._limited(receive), send_wrapped)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            reset_request_id(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Bound the time a client may take to send its body (slow-client protection)."""
+        deadline = time.monotonic() + self.body_timeout_s
+        body_done = False
+
+        async def wrapped() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            remaining = deadline - time.monotonic()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"Request body not received within {self.body_timeout_s:.0f} s"
+                ) from None
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_done = True
+            return message
+
+        return wrapped
+
+    @staticmethod
+    async def _reject(send: Send, status: int, body: bytes) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

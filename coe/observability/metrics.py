@@ -1,0 +1,78 @@
+"""Prometheus metrics on a registry owned by the app (no process-global collectors)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "coe_requests", "HTTP requests served", ["method", "path", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "coe_request_latency_seconds",
+            "Request latency (to the last byte)",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("coe_requests_in_flight", "Requests being served", registry=r)
+        self.tokens = Counter(
+            "coe_tokens", "Tokens used, by expert and kind", ["expert", "kind"], registry=r
+        )
+        self.routed = Counter(
+            "coe_route_decisions", "Routing choices", ["router", "expert"], registry=r
+        )
+        self.fallbacks = Counter(
+            "coe_fallbacks", "Experts skipped after a failure", ["expert"], registry=r
+        )
+        self.expert_latency = Histogram(
+            "coe_expert_latency_seconds",
+            "Latency of expert calls",
+            ["expert"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "coe_rate_limited", "Requests refused by a key's rate limit", registry=r
+        )
+        self.swaps = Counter("coe_pool_swaps", "Expert swaps in pools", ["pool"], registry=r)
+        self.swap_seconds = Counter(
+            "coe_pool_swap_seconds", "Seconds spent swapping experts", ["pool"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "coe_pool_queue_depth", "Requests waiting per expert", ["expert"], registry=r
+        )
+        self.batch_items = Counter(
+            "coe_batch_items", "Batch items processed", ["status"], registry=r
+        )
+        self.registry_version = Gauge(
+            "coe_registry_version", "Expert registry version seen by this replica", registry=r
+        )
+
+    def observe_route(self, router: str, experts: list[str]) -> None:
+        for expert in experts:
+            self.routed.labels(router, expert).inc()
+
+    def observe_usage(self, expert: str, usage: Mapping[str, Any] | None) -> None:
+        if not usage:
+            return
+        for kind in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(kind)
+            if isinstance(value, int) and value > 0:
+                self.tokens.labels(expert, kind.removesuffix("_tokens")).inc(value)
+
+    def observe_fallbacks(self, experts: list[str]) -> None:
+        for expert in experts:
+            self.fallbacks.labels(expert).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,55 @@
+"""Keep a replica in step with the store: react to pub/sub notices, poll as a safety net.
+
+Notices can be lost while the connection is down, so a periodic poll catches up;
+both loops survive store outages and reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from coe.errors import StoreUnavailable
+from coe.store.base import Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str], Awaitable[None]]
+
+
+async def follow_channel(
+    store: Store, channel: str, handler: Handler, retry_s: float = 1.0
+) -> None:
+    """Call `handler(message)` for each notice on `channel`, resubscribing after outages."""
+    backoff = retry_s
+    while True:
+        try:
+            async for message in store.subscribe(channel):
+                backoff = retry_s
+                await handler(message)
+        except StoreUnavailable as err:
+            log.warning("lost %s notices (%s); retrying in %.0f s", channel, err.message, backoff)
+        except (OSError, ConnectionError) as err:
+            log.warning("lost %s notices (%s); retrying in %.0f s", channel, err, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+async def poll(every_s: float, action: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `action` every `every_s` seconds; a store outage is logged once per outage."""
+    down = False
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await action()
+        except StoreUnavailable as err:
+            if not down:
+                log.warning(
+                    "%s: store unavailable, serving the last snapshot: %s", what, err.message
+                )
+            down = True
+            continue
+        if down:
+            log.info("%s: store reachable again", what)
+            down = False

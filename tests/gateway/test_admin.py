@@ -1,0 +1,210 @@
+"""Admin API: the token guards every route; experts CRUD; secrets never echoed; API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coe.config import Settings
+from coe.errors import ConfigError
+from coe.experts.schema import CoeConfig
+from coe.gateway import create_app
+from coe.testing import FakeUpstream
+from coe.testing.server import ServedApp
+
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "admin-token-for-tests-0123456789"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def config_for(url: str) -> CoeConfig:
+    return CoeConfig.model_validate(
+        {
+            "experts": [{"name": "alpha", "model": "m", "endpoints": [url]}],
+            "default_expert": "alpha",
+            "pipelines": {"auto": {"routers": ["default"]}},
+            "routers_dirs": [str(REPO / "routers")],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream("up") as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeUpstream) -> Iterator[str]:
+    settings = Settings(admin_token=TOKEN, require_api_key=True)  # type: ignore[arg-type]
+    server = ServedApp(create_app(settings, config_for(upstream.base_url))).start()
+    yield server.base_url
+    server.stop()
+
+
+@pytest.fixture
+def admin(gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {TOKEN}"}) as c:
+        yield c
+
+
+@pytest.fixture
+def anon(gateway: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway) as c:
+        yield c
+
+
+ADMIN_ROUTES = [
+    ("GET", "/admin/experts"),
+    ("POST", "/admin/experts"),
+    ("GET", "/admin/experts/alpha"),
+    ("PATCH", "/admin/experts/alpha"),
+    ("DELETE", "/admin/experts/alpha"),
+    ("GET", "/admin/experts/alpha/health"),
+    ("POST", "/admin/reload"),
+    ("POST", "/admin/routers/rebuild"),
+    ("GET", "/admin/keys"),
+    ("POST", "/admin/keys"),
+    ("DELETE", "/admin/keys/key-1"),
+]
+
+
+def test_every_admin_route_is_listed_here(gateway: str) -> None:
+    schema = httpx.get(f"{gateway}/openapi.json").json()
+    served = {
+        (m.upper(), p.replace("{name}", "alpha").replace("{key_id}", "key-1"))
+        for p, ops in schema["paths"].items()
+        if p.startswith("/admin")
+        for m in ops
+    }
+    assert served == set(ADMIN_ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token-0123456789", "Basic abc", TOKEN])
+def test_admin_routes_need_the_token(
+    anon: httpx.Client, method: str, path: str, auth: str | None
+) -> None:
+    headers = {"authorization": auth} if auth else {}
+    r = anon.request(method, path, headers=headers, json={})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_placeholder_admin_token_refused_at_start() -> None:
+    for token in (None, "changeme", "short"):
+        with pytest.raises(ConfigError, match="COE_ADMIN_TOKEN"):
+            create_app(Settings(admin_token=token), config_for("http://127.0.0.1:9"))  # type: ignore[arg-type]
+    create_app(Settings(dev_mode=True), config_for("http://127.0.0.1:9"))
+
+
+def test_expert_crud_and_secrets(admin: httpx.Client, upstream: FakeUpstream) -> None:
+    new = {
+        "name": "beta",
+        "model": "m",
+        "endpoints": [upstream.base_url],
+        "api_key": "sk-upstream-secret",
+        "description": "second",
+    }
+    r = admin.post("/admin/experts", json=new)
+    assert r.status_code == 201, r.text
+    assert "sk-upstream-secret" not in r.text and r.json()["has_api_key"] is True
+    assert admin.post("/admin/experts", json=new).status_code == 409
+    listed = admin.get("/admin/experts")
+    assert "sk-upstream-secret" not in listed.text
+    assert [e["name"] for e in listed.json()["data"]] == ["alpha", "beta"]
+    r = admin.patch("/admin/experts/beta", json={"description": "changed", "cost": 2.5})
+    assert r.json()["description"] == "changed" and r.json()["cost"] == 2.5
+    assert r.json()["has_api_key"] is True  # untouched fields stay
+    # the new expert serves at once, with its upstream key sent upstream only
+    key = admin.post("/admin/keys", json={"name": "crud"}).json()["key"]
+    chat = httpx.post(
+        f"{admin.base_url}/v1/chat/completions",
+        json={"model": "beta", "messages": MSG},
+        headers={"authorization": f"Bearer {key}"},
+    )
+    assert chat.status_code == 200 and chat.headers["x-coe-expert"] == "beta"
+    assert admin.delete("/admin/experts/beta").status_code == 204
+    assert admin.get("/admin/experts/beta").status_code == 404
+    assert admin.delete("/admin/experts/alpha").status_code == 409  # the default expert
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"name": "x", "model": "m", "endpoints": ["ftp://host"]}, "endpoints.0"),
+        ({"name": "x", "model": "m", "endpoints": []}, "endpoints"),
+        ({"name": "bad name", "model": "m", "endpoints": ["http://h"]}, "name"),
+        ({"name": "x", "model": "m", "endpoints": ["http://h"], "colour": 1}, "colour"),
+        ({"name": "x", "endpoints": ["http://h"]}, "model"),
+    ],
+)
+def test_invalid_expert_rejected(admin: httpx.Client, body: dict, needle: str) -> None:
+    r = admin.post("/admin/experts", json=body)
+    assert r.status_code == 400
+    assert needle in r.json()["error"]["message"]
+
+
+def test_health_probe(admin: httpx.Client, upstream: FakeUpstream) -> None:
+    r = admin.get("/admin/experts/alpha/health").json()
+    assert r["ok"] is False  # the fake serves model "up", the expert asks for "m"
+    assert r["endpoints"][0]["health"] == 200 and r["endpoints"][0]["models"] == ["up"]
+    admin.patch("/admin/experts/alpha", json={"model": "up"})
+    assert admin.get("/admin/experts/alpha/health").json()["ok"] is True
+    admin.post(
+        "/admin/experts", json={"name": "gone", "model": "m", "endpoints": ["http://127.0.0.1:9"]}
+    )
+    dead = admin.get("/admin/experts/gone/health").json()
+    assert dead["ok"] is False and "ConnectError" in dead["endpoints"][0]["error"]
+    admin.delete("/admin/experts/gone")
+
+
+def test_api_keys_and_rate_limit(admin: httpx.Client, anon: httpx.Client) -> None:
+    r = anon.post("/v1/chat/completions", json={"model": "alpha", "messages": MSG})
+    assert r.status_code == 401 and "Missing API key" in r.json()["error"]["message"]
+    r = anon.post(
+        "/v1/chat/completions",
+        json={"model": "alpha", "messages": MSG},
+        headers={"authorization": "Bearer coe-sk-nope"},
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    created = admin.post("/admin/keys", json={"name": "app", "rate_limit_rpm": 3}).json()
+    secret = created["key"]
+    assert secret.startswith("coe-sk-")
+    listed = admin.get("/admin/keys").text
+    assert secret not in listed and created["id"] in listed
+    auth = {"authorization": f"Bearer {secret}"}
+    codes = [
+        anon.post(
+            "/v1/chat/completions", json={"model": "alpha", "messages": MSG}, headers=auth
+        ).status_code
+        for _ in range(4)
+    ]
+    assert codes == [200, 200, 200, 429]
+    r = anon.get("/v1/models", headers=auth)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert admin.delete(f"/admin/keys/{created['id']}").status_code == 204
+    assert anon.get("/v1/models", headers=auth).status_code == 401
+    assert admin.delete(f"/admin/keys/{created['id']}").status_code == 404
+
+
+def test_metrics_content(admin: httpx.Client, anon: httpx.Client) -> None:
+    key = admin.post("/admin/keys", json={"name": "metrics"}).json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    anon.post("/v1/chat/completions", json={"model": "coe/auto", "messages": MSG}, headers=auth)
+    text = anon.get("/metrics").text
+    assert 'coe_requests_total{method="POST",path="/v1/chat/completions",status="200"}' in text
+    assert 'coe_request_latency_seconds_bucket{le="0.005",path="/v1/chat/completions"}' in text
+    assert "coe_rate_limited_total" in text and "coe_registry_version" in text
+
+
+def test_request_id_header_everywhere(anon: httpx.Client) -> None:
+    r = anon.get("/v1/nothing", headers={"x-request-id": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    r = anon.get("/health", headers={"x-request-id": "bad id with spaces"})
+    assert r.headers["x-request-id"].startswith("req-")

@@ -1,0 +1,198 @@
+"""Several gateway replicas on one Redis: changes propagate; a Redis outage is survived."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from coe.config import Settings
+from coe.experts.schema import CoeConfig
+from coe.gateway import create_app
+from coe.testing import FakeUpstream
+from coe.testing.server import ServedApp
+from coe.testing.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.redis
+REPO = Path(__file__).resolve().parents[2]
+TOKEN = "replica-admin-token-0123456789"
+ADMIN = {"authorization": f"Bearer {TOKEN}"}
+MSG = [{"role": "user", "content": "hi"}]
+REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def config_dict(url: str) -> dict:
+    return {
+        "experts": [{"name": "alpha", "model": "m", "endpoints": [url]}],
+        "default_expert": "alpha",
+        "pipelines": {"auto": {"routers": ["default"]}},
+        "routers_dirs": [str(REPO / "routers")],
+    }
+
+
+def wait_up(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not start")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream("up") as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def two_gateways(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[str]]:
+    """Two `coe serve` processes sharing one Redis under a fresh prefix."""
+    tmp = tmp_path_factory.mktemp("replicas")
+    cfg = tmp / "experts.yaml"
+    cfg.write_text(yaml.safe_dump(config_dict(upstream.base_url)))
+    prefix = f"coe-test-replicas:{uuid.uuid4().hex[:10]}:"
+    env = {
+        **os.environ,
+        "COE_ADMIN_TOKEN": TOKEN,
+        "COE_REDIS_URL": REDIS_URL,
+        "COE_STORE_PREFIX": prefix,
+        "COE_REGISTRY_POLL_S": "30",
+        "COE_LOG_LEVEL": "WARNING",
+    }
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "coe.cli", "serve", "-c", str(cfg), "--port", str(p)], env=env
+        )
+        for p in ports
+    ]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        for u in urls:
+            wait_up(u)
+        yield urls
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=15)
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        stale = list(client.scan_iter(match=prefix + "*"))
+        if stale:
+            client.delete(*stale)
+
+
+def model_ids(url: str) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
+
+
+def eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_changes_reach_the_other_replica(two_gateways: list[str], upstream: FakeUpstream) -> None:
+    a, b = two_gateways
+    new = {"name": "gamma", "model": "m", "endpoints": [upstream.base_url]}
+    assert httpx.post(f"{a}/admin/experts", json=new, headers=ADMIN).status_code == 201
+    # pub/sub, not the 30 s poll, carries the change
+    assert eventually(lambda: "gamma" in model_ids(b), timeout_s=3)
+    r = httpx.post(f"{b}/v1/chat/completions", json={"model": "gamma", "messages": MSG})
+    assert r.status_code == 200 and r.headers["x-coe-expert"] == "gamma"
+    assert httpx.delete(f"{b}/admin/experts/gamma", headers=ADMIN).status_code == 204
+    assert eventually(lambda: "gamma" not in model_ids(a), timeout_s=3)
+    # keys made on one replica authenticate on the other (checked via the admin list)
+    key = httpx.post(f"{a}/admin/keys", json={"name": "shared"}, headers=ADMIN).json()
+    listed = httpx.get(f"{b}/admin/keys", headers=ADMIN).json()["data"]
+    assert key["id"] in [k["id"] for k in listed]
+
+
+async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
+    """Chat answers from the last snapshot while Redis is cut; admin writes get a clear 503."""
+    proxy = await TcpProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])).start()
+    prefix = f"coe-test-outage:{uuid.uuid4().hex[:10]}:"
+    settings = Settings(
+        admin_token=TOKEN,
+        redis_url=f"redis://127.0.0.1:{proxy.port}/0",  # type: ignore[arg-type]
+        store_prefix=prefix,
+        registry_poll_s=0.2,
+        require_api_key=True,
+    )
+    server = ServedApp(
+        create_app(settings, CoeConfig.model_validate(config_dict(upstream.base_url)))
+    )
+    # the proxy runs on this test's event loop: keep it free while the server starts
+    await asyncio.to_thread(server.start)
+    chat = {"model": "coe/auto", "messages": MSG}
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            made = await http.post("/admin/keys", json={"name": "k"}, headers=ADMIN)
+            http.headers["authorization"] = f"Bearer {made.json()['key']}"
+            assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
+            await proxy.cut()
+            for _ in range(5):  # the key is checked from the local cache, limits fail open
+                r = await http.post("/v1/chat/completions", json=chat)
+                assert r.status_code == 200, r.text
+                await asyncio.sleep(0.1)
+            unknown = {"authorization": "Bearer coe-sk-never-seen"}
+            r = await http.post("/v1/chat/completions", json=chat, headers=unknown)
+            assert r.status_code == 503  # cannot verify a key it has never seen
+            r = await http.post(
+                "/admin/experts",
+                headers=ADMIN,
+                json={"name": "delta", "model": "m", "endpoints": [upstream.base_url]},
+            )
+            assert r.status_code == 503
+            assert r.json()["error"]["type"] == "store_unavailable"
+            assert "Redis is unavailable" in r.json()["error"]["message"]
+            await proxy.restore()
+            deadline = time.monotonic() + 10
+            while True:  # reconnects by itself
+                r = await http.post(
+                    "/admin/experts",
+                    headers=ADMIN,
+                    json={"name": "delta", "model": "m", "endpoints": [upstream.base_url]},
+                )
+                if r.status_code == 201 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert r.status_code == 201, r.text
+            r = await http.post("/v1/chat/completions", json={**chat, "model": "delta"})
+            assert r.status_code == 200
+    finally:
+        await asyncio.to_thread(server.stop)
+        await proxy.cut()
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(REDIS_URL)
+        stale = [k async for k in client.scan_iter(match=prefix + "*")]
+        if stale:
+            await client.delete(*stale)
+        await client.aclose()
