@@ -15,6 +15,7 @@ from coe.gateway.auth import client_key
 from coe.gateway.deps import ServicesDep
 from coe.gateway.errors import install_error_handlers
 from coe.gateway.middleware import RequestContext
+from coe.gateway.openapi import install_openapi
 from coe.gateway.services import build_services
 from coe.observability import Metrics
 
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, config: CoeConfig | None = None
 
     app = FastAPI(title="coe", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(
         RequestContext,
         metrics=metrics,
