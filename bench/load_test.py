@@ -3,7 +3,7 @@
 Three fast test upstreams (separate processes) back three experts; two of them
 answer 5xx to a share of requests, so the gateway must retry and fall back.
 Open-loop: requests are sent on schedule whatever the latency. Loopback only,
-bounded by --rate × --seconds. Reports sent, answered, errors, lost, p50/p99.
+bounded by --rate times --seconds. Reports sent, answered, errors, lost, p50/p99.
 
     .venv/bin/python bench/load_test.py [--rate 300] [--seconds 60]
 """
@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import REPO, free_port, wait_http  # noqa: E402
+from gateway_overhead import REPO, free_port, wait_http
 
 FAULTS = [  # (expert, share of requests answered with 500)
     ("alpha", 0.2),
