@@ -154,6 +154,13 @@ def route(query: str, model: str, config: str | None) -> None:
     click.echo(json.dumps(asyncio.run(run()), indent=2))
 
 
+def _add_batch_commands() -> None:
+    from coe.batch.cli import batch_group, worker_command
+
+    main.add_command(batch_group)
+    main.add_command(worker_command)
+
+
 def _add_optional_groups() -> None:
     """Evaluation and artefact commands come with the embedding extra."""
     try:
@@ -166,6 +173,7 @@ def _add_optional_groups() -> None:
 
 
 def run() -> None:
+    _add_batch_commands()
     _add_optional_groups()
     try:
         main(standalone_mode=False)

@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300.0, gt=0)
     registry_poll_s: float = Field(5.0, gt=0, description="safety net beside pub/sub notices")
 
+    batch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    batch_max_lines: int = Field(50_000, ge=1)
+    batch_chunk: int = Field(64, ge=1, le=10_000, description="items per route work unit")
+    batch_claim_idle_s: float = Field(30.0, gt=0, description="reclaim units idle this long")
+    batch_worker: bool | None = Field(
+        None, description="run a batch worker inside the gateway; unset: only without Redis"
+    )
+
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -1,5 +1,20 @@
 """The only FastAPI code: app factory, OpenAI wire models, endpoints, error handling."""
 
-from coe.gateway.app import create_app
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from coe.gateway.app import create_app
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily so that `coe.gateway.wire` (shared with batch jobs) pulls in no app.
+    if name == "create_app":
+        from coe.gateway.app import create_app
+
+        return create_app
+    raise AttributeError(name)
+
 
 __all__ = ["create_app"]

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI, Response
 from coe import __version__
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
-from coe.gateway import admin_api, chat_api, models_api, route_api
+from coe.gateway import admin_api, batch_api, chat_api, models_api, route_api
 from coe.gateway.auth import client_key
 from coe.gateway.deps import ServicesDep
 from coe.gateway.errors import install_error_handlers
@@ -42,12 +42,14 @@ def create_app(settings: Settings | None = None, config: CoeConfig | None = None
         RequestContext,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.batch_max_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
     keyed = [Depends(client_key)]
     app.include_router(chat_api.router, dependencies=keyed)
     app.include_router(models_api.router, dependencies=keyed)
     app.include_router(route_api.router, dependencies=keyed)
+    app.include_router(batch_api.router, dependencies=keyed)
     app.include_router(admin_api.router)
 
     @app.get("/health")

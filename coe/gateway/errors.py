@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from coe.errors import CoeError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
+from coe.gateway.wire import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +29,6 @@ def openai_error(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def validation_message(errors: list[Any]) -> tuple[str, str | None]:
-    """First problem of a pydantic error list, as a sentence and a dotted param."""
-    parts = []
-    param = None
-    for e in errors[:3]:
-        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-        where = ".".join(loc) or "body"
-        param = param or where
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "Invalid request: " + "; ".join(parts) + more, param
 
 
 async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:

@@ -28,11 +28,19 @@ def _error(status: int, message: str, type_: str, code: str) -> bytes:
 class RequestContext:
     """Assigns the request id, counts and times every request, enforces body limits."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float):
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float,
+        upload_max_bytes: int | None = None,
+    ):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.upload_max_bytes = upload_max_bytes or max_body_bytes
         self.body_timeout_s = body_timeout_s
+
+    def limit_for(self, path: str) -> int:
+        """Batch uploads may be larger than chat requests."""
+        return self.upload_max_bytes if path.startswith("/v1/batches") else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,14 +68,15 @@ class RequestContext:
 
         try:
             declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_body_bytes:
+            limit = self.limit_for(scope.get("path", ""))
+            if declared.isdigit() and int(declared) > limit:
                 await self._reject(
                     send_wrapped,
                     413,
                     _error(
                         413,
                         f"Request body of {declared} bytes exceeds the "
-                        f"{self.max_body_bytes}-byte limit",
+                        f"{limit}-byte limit",
                         "invalid_request_error",
                         "payload_too_large",
                     ),

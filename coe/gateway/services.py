@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from coe.batch import BatchJobs, BatchWorker
 from coe.config import Settings
 from coe.dispatch import ExpertClient
 from coe.errors import ConfigError
@@ -40,6 +41,7 @@ class Services:
     api_keys: ApiKeyStore
     admin_token: str
     base_dir: Path
+    batch_jobs: BatchJobs
     encoders: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -66,6 +68,15 @@ class Services:
             asyncio.create_task(follow_channel(self.store, keys.CONFIG_RELOAD_CHANNEL, on_reload)),
             asyncio.create_task(poll(every, lambda: on_registry(""), "registry")),
         ]
+        in_process = self.settings.batch_worker
+        if in_process is None:
+            in_process = self.settings.redis_url is None  # nobody else would run the jobs
+        if in_process:
+            worker = BatchWorker(
+                self.batch_jobs, lambda: self.engine, name="gateway",
+                claim_idle_s=self.settings.batch_claim_idle_s,
+            )
+            self.tasks.append(asyncio.create_task(worker.run()))
 
     async def reload_config(self) -> Engine:
         """Re-read experts.yaml and rebuild the routers; the old engine serves until then."""
@@ -103,9 +114,11 @@ def _admin_token(settings: Settings) -> str:
 
 
 async def build_services(
-    settings: Settings, config: CoeConfig | None = None, metrics: Metrics | None = None
+    settings: Settings, config: CoeConfig | None = None, metrics: Metrics | None = None,
+    serve_admin: bool = True,
 ) -> Services:
-    admin_token = _admin_token(settings)
+    """`serve_admin=False` for processes with no admin API (workers, the CLI)."""
+    admin_token = _admin_token(settings) if serve_admin else ""
     config_path = Path(settings.experts_file)
     if config is None:
         config = await asyncio.to_thread(load_config, config_path)
@@ -144,5 +157,6 @@ async def build_services(
         api_keys=api_keys,
         admin_token=admin_token,
         base_dir=base_dir,
+        batch_jobs=BatchJobs(store, chunk=settings.batch_chunk),
         encoders=encoders,
     )

@@ -62,3 +62,16 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def validation_message(errors: list[Any]) -> tuple[str, str | None]:
+    """First problem of a pydantic error list, as a sentence and a dotted param."""
+    parts = []
+    param = None
+    for e in errors[:3]:
+        loc = [str(p) for p in e.get("loc", ()) if p != "body"]
+        where = ".".join(loc) or "body"
+        param = param or where
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "Invalid request: " + "; ".join(parts) + more, param

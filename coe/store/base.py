@@ -9,6 +9,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
+StreamEntry = tuple[str, dict[str, str]]
+
 
 class Store(ABC):
     prefix: str
@@ -51,6 +53,42 @@ class Store(ABC):
     @abstractmethod
     def subscribe(self, channel: str) -> AsyncIterator[str]:
         """Messages published to `channel` after the call, until the iterator is closed."""
+
+    # -- for batch jobs: conditional writes and streams with consumer groups ---------------
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool: ...
+
+    @abstractmethod
+    async def hsetnx(self, key: str, field: str, value: str) -> bool:
+        """Set a hash field only if it is not set; True when this call set it."""
+
+    @abstractmethod
+    async def hlen(self, key: str) -> int: ...
+
+    @abstractmethod
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]: ...
+
+    @abstractmethod
+    async def xadd(self, stream: str, fields: dict[str, str]) -> str: ...
+
+    @abstractmethod
+    async def xgroup_create(self, stream: str, group: str) -> None:
+        """Create the consumer group (and the stream) if missing; no-op if it exists."""
+
+    @abstractmethod
+    async def xreadgroup(
+        self, stream: str, group: str, consumer: str, count: int = 1, block_ms: int = 1000
+    ) -> list[StreamEntry]:
+        """New entries for this consumer; they stay pending until acknowledged."""
+
+    @abstractmethod
+    async def xautoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 10
+    ) -> list[StreamEntry]:
+        """Take over entries pending longer than `min_idle_ms` (their consumer died)."""
+
+    @abstractmethod
+    async def xack(self, stream: str, group: str, *ids: str) -> int: ...
 
     @abstractmethod
     async def close(self) -> None: ...

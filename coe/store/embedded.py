@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from coe.store.base import Store
+from coe.store.base import Store, StreamEntry
 
 
 class EmbeddedStore(Store):
@@ -104,5 +105,119 @@ class EmbeddedStore(Store):
         finally:
             self._subscribers[channel].discard(queue)
 
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        if self._live(key):
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
+    async def hsetnx(self, key: str, field: str, value: str) -> bool:
+        h = self._hash(key, create=True)
+        if field in h:
+            return False
+        h[field] = value
+        return True
+
+    async def hlen(self, key: str) -> int:
+        return len(self._hash(key))
+
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        h = self._hash(key)
+        return [h.get(f) for f in fields]
+
+    def _stream(self, stream: str) -> _Stream:
+        if not self._live(stream):
+            self._data[stream] = _Stream()
+        value = self._data[stream]
+        if not isinstance(value, _Stream):
+            raise TypeError(f"key {stream!r} holds a {type(value).__name__}, not a stream")
+        return value
+
+    async def xadd(self, stream: str, fields: dict[str, str]) -> str:
+        return self._stream(stream).add(fields)
+
+    async def xgroup_create(self, stream: str, group: str) -> None:
+        self._stream(stream).groups.setdefault(group, _Group())
+
+    async def xreadgroup(
+        self, stream: str, group: str, consumer: str, count: int = 1, block_ms: int = 1000
+    ) -> list[StreamEntry]:
+        s = self._stream(stream)
+        deadline = time.monotonic() + block_ms / 1000
+        while True:
+            entries = s.deliver(group, consumer, count)
+            remaining = deadline - time.monotonic()
+            if entries or remaining <= 0:
+                return entries
+            try:
+                await asyncio.wait_for(s.wait_for_more(), timeout=remaining)
+            except TimeoutError:
+                return []
+
+    async def xautoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 10
+    ) -> list[StreamEntry]:
+        return self._stream(stream).claim(group, consumer, min_idle_ms / 1000, count)
+
+    async def xack(self, stream: str, group: str, *ids: str) -> int:
+        pending = self._stream(stream).group(group).pending
+        return sum(1 for i in ids if pending.pop(i, None) is not None)
+
     async def close(self) -> None:
         self._subscribers.clear()
+
+
+@dataclass
+class _Group:
+    next_index: int = 0
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (consumer, at)
+
+
+class _Stream:
+    """Redis stream semantics for one process: ids, groups, pending entries, claiming."""
+
+    def __init__(self) -> None:
+        self.entries: list[StreamEntry] = []
+        self.by_id: dict[str, dict[str, str]] = {}
+        self.groups: dict[str, _Group] = {}
+        self._seq = 0
+        self._added = asyncio.Event()
+
+    def add(self, fields: dict[str, str]) -> str:
+        self._seq += 1
+        entry_id = f"{int(time.time() * 1000)}-{self._seq}"
+        self.entries.append((entry_id, dict(fields)))
+        self.by_id[entry_id] = dict(fields)
+        self._added.set()
+        self._added = asyncio.Event()
+        return entry_id
+
+    async def wait_for_more(self) -> None:
+        await self._added.wait()
+
+    def group(self, name: str) -> _Group:
+        try:
+            return self.groups[name]
+        except KeyError:
+            raise KeyError(f"NOGROUP no consumer group {name!r}") from None
+
+    def deliver(self, group: str, consumer: str, count: int) -> list[StreamEntry]:
+        g = self.group(group)
+        out = self.entries[g.next_index : g.next_index + count]
+        g.next_index += len(out)
+        now = time.monotonic()
+        for entry_id, _ in out:
+            g.pending[entry_id] = (consumer, now)
+        return [(i, dict(f)) for i, f in out]
+
+    def claim(self, group: str, consumer: str, min_idle_s: float, count: int) -> list[StreamEntry]:
+        g = self.group(group)
+        now = time.monotonic()
+        out: list[StreamEntry] = []
+        for entry_id, (_, at) in list(g.pending.items()):
+            if len(out) >= count:
+                break
+            if now - at >= min_idle_s:
+                g.pending[entry_id] = (consumer, now)
+                out.append((entry_id, dict(self.by_id[entry_id])))
+        return out

@@ -8,6 +8,39 @@ API_KEYS_CHANNEL = "apikeys:changed"  # pub/sub: the key id
 CONFIG_RELOAD_CHANNEL = "config:reload"  # pub/sub: every replica re-reads its experts.yaml
 
 
+BATCH_STREAM = "batch:work"  # stream of work units; consumer group BATCH_GROUP
+BATCH_GROUP = "workers"
+BATCH_JOBS = "batch:jobs"  # hash: job id -> created timestamp (listing)
+
+
+def batch_job(job_id: str) -> str:
+    return f"batch:{job_id}"  # hash: status, counts, timestamps
+
+
+def batch_items(job_id: str) -> str:
+    return f"batch:{job_id}:items"  # hash: index -> {custom_id, body}
+
+
+def batch_routes(job_id: str) -> str:
+    return f"batch:{job_id}:routes"  # hash: index -> routing decision
+
+
+def batch_results(job_id: str) -> str:
+    return f"batch:{job_id}:results"  # hash: index -> result line (written once)
+
+
+def batch_failed(job_id: str) -> str:
+    return f"batch:{job_id}:failed"  # hash: index -> "1" for error results
+
+
+def batch_settled(job_id: str) -> str:
+    return f"batch:{job_id}:settled"  # hash: index -> "1" once routed or answered with an error
+
+
+def batch_flag(job_id: str, name: str) -> str:
+    return f"batch:{job_id}:flag:{name}"
+
+
 def instruction_cache(query_hash: str) -> str:
     return f"cache:instruction:{query_hash}"
 

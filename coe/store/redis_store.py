@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from coe.errors import StoreUnavailable
-from coe.store.base import Store
+from coe.store.base import Store, StreamEntry
 
 
 class RedisStore(Store):
@@ -100,6 +100,65 @@ class RedisStore(Store):
                 raise StoreUnavailable(f"Redis is unavailable: {err}") from err
         finally:
             await pubsub.aclose()
+
+    async def set_if_absent(self, key: str, value: str, ttl_s: float | None = None) -> bool:
+        px = int(ttl_s * 1000) if ttl_s is not None else None
+        return bool(await self._run(self.client.set(self._k(key), value, px=px, nx=True)))
+
+    async def hsetnx(self, key: str, field: str, value: str) -> bool:
+        return bool(await self._run(self.client.hsetnx(self._k(key), field, value)))
+
+    async def hlen(self, key: str) -> int:
+        return int(await self._run(self.client.hlen(self._k(key))))
+
+    async def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        if not fields:
+            return []
+        return list(await self._run(self.client.hmget(self._k(key), fields)))
+
+    async def xadd(self, stream: str, fields: dict[str, str]) -> str:
+        data: dict[Any, Any] = dict(fields)
+        return str(await self._run(self.client.xadd(self._k(stream), data)))
+
+    async def xgroup_create(self, stream: str, group: str) -> None:
+        try:
+            await self.client.xgroup_create(self._k(stream), group, id="0", mkstream=True)
+        except ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise StoreUnavailable(f"Redis refused to create group {group}: {err}") from err
+        except (RedisError, OSError) as err:
+            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+
+    async def xreadgroup(
+        self, stream: str, group: str, consumer: str, count: int = 1, block_ms: int = 1000
+    ) -> list[StreamEntry]:
+        reply = await self._run(
+            self.client.xreadgroup(
+                group, consumer, {self._k(stream): ">"}, count=count, block=block_ms
+            )
+        )
+        return [(str(i), dict(f)) for _, entries in (reply or []) for i, f in entries]
+
+    async def xautoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int = 10
+    ) -> list[StreamEntry]:
+        reply = await self._run(
+            self.client.xautoclaim(
+                self._k(stream),
+                group,
+                consumer,
+                min_idle_time=min_idle_ms,
+                start_id="0-0",
+                count=count,
+            )
+        )
+        claimed = reply[1] if reply else []
+        return [(str(i), dict(f)) for i, f in claimed if f is not None]
+
+    async def xack(self, stream: str, group: str, *ids: str) -> int:
+        if not ids:
+            return 0
+        return int(await self._run(self.client.xack(self._k(stream), group, *ids)))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -113,3 +113,48 @@ async def test_registry_seed_update_remove(store: Store) -> None:
     assert await other.refresh() is True
     assert set(other.snapshot()) == {"a", "c"}
     assert await other.refresh() is False
+
+
+async def test_conditional_writes(store: Store) -> None:
+    assert await store.set_if_absent("once", "a") is True
+    assert await store.set_if_absent("once", "b") is False
+    assert await store.get("once") == "a"
+    assert await store.hsetnx("h", "f", "1") is True
+    assert await store.hsetnx("h", "f", "2") is False
+    assert await store.hget("h", "f") == "1"
+    assert await store.hlen("h") == 1 and await store.hlen("nothing") == 0
+    assert await store.hmget("h", ["f", "g"]) == ["1", None]
+    assert await store.hmget("nothing", ["f"]) == [None]
+
+
+async def test_streams_deliver_ack_and_reclaim(store: Store) -> None:
+    await store.xgroup_create("jobs", "workers")
+    await store.xgroup_create("jobs", "workers")  # idempotent
+    ids = [await store.xadd("jobs", {"n": str(i)}) for i in range(3)]
+    first = await store.xreadgroup("jobs", "workers", "w1", count=2, block_ms=10)
+    assert [f["n"] for _, f in first] == ["0", "1"]
+    second = await store.xreadgroup("jobs", "workers", "w2", count=5, block_ms=10)
+    assert [f["n"] for _, f in second] == ["2"]
+    assert await store.xreadgroup("jobs", "workers", "w2", count=5, block_ms=10) == []
+    assert await store.xack("jobs", "workers", ids[0]) == 1
+    # w1 "dies" holding entry 1: after the idle time another worker takes it over, once
+    assert await store.xautoclaim("jobs", "workers", "w3", min_idle_ms=60_000) == []
+    await asyncio.sleep(0.15)
+    claimed = await store.xautoclaim("jobs", "workers", "w3", min_idle_ms=100, count=10)
+    assert sorted(f["n"] for _, f in claimed) == ["1", "2"]
+    assert await store.xack("jobs", "workers", *(i for i, _ in claimed)) == 2
+    await asyncio.sleep(0.15)
+    assert await store.xautoclaim("jobs", "workers", "w3", min_idle_ms=100) == []
+
+
+async def test_blocking_read_wakes_on_add(store: Store) -> None:
+    await store.xgroup_create("wake", "g")
+
+    async def add_later() -> None:
+        await asyncio.sleep(0.1)
+        await store.xadd("wake", {"x": "1"})
+
+    task = asyncio.create_task(add_later())
+    got = await store.xreadgroup("wake", "g", "c", count=1, block_ms=3000)
+    await task
+    assert [f for _, f in got] == [{"x": "1"}]

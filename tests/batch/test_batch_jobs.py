@@ -1,0 +1,214 @@
+"""Batch jobs on real Redis: submit, run, results; shared and killed workers; cancel; limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from coe.config import Settings
+from coe.experts.schema import CoeConfig
+from coe.gateway import create_app
+from coe.testing import FakeUpstream, Fault
+from coe.testing.server import ServedApp
+
+pytestmark = pytest.mark.redis
+REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return "\n".join(ln if isinstance(ln, str) else json.dumps(ln) for ln in lines).encode()
+
+
+def request(i: int, model: str = "coe/auto") -> dict[str, Any]:
+    return {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}],
+                     "max_tokens": 8}}
+
+
+class Deployment:
+    """A gateway (no in-process worker) and `coe worker` processes on one Redis prefix."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], chunk: int = 4):
+        self.prefix = f"coe-test-batch:{uuid.uuid4().hex[:10]}:"
+        self.cfg = tmp / "experts.yaml"
+        self.cfg.write_text(yaml.safe_dump(config))
+        self.env = {**os.environ, "COE_REDIS_URL": REDIS_URL, "COE_STORE_PREFIX": self.prefix,
+                    "COE_BATCH_CLAIM_IDLE_S": "2", "COE_BATCH_CHUNK": str(chunk),
+                    "COE_LOG_LEVEL": "WARNING", "COE_EXPERTS_FILE": str(self.cfg)}
+        settings = Settings(redis_url=REDIS_URL, store_prefix=self.prefix, batch_worker=False,
+                            batch_chunk=chunk, dev_mode=True, experts_file=self.cfg,
+                            batch_max_lines=500, batch_claim_idle_s=2)
+        self.server = ServedApp(create_app(settings, CoeConfig.model_validate(config))).start()
+        self.http = httpx.Client(base_url=self.server.base_url, timeout=30)
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_worker(self, name: str) -> None:
+        self.workers[name] = subprocess.Popen(
+            [sys.executable, "-m", "coe.cli", "worker", "--name", name], env=self.env)
+
+    def submit(self, content: bytes) -> dict[str, Any]:
+        r = self.http.post("/v1/batches", files={"file": ("in.jsonl", content)})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def wait(self, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.http.get(f"/v1/batches/{job_id}").json()
+            if job["status"] in ("completed", "cancelled"):
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"batch {job_id} did not finish: {job}")
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"/v1/batches/{job_id}/results")
+        assert r.status_code == 200
+        return [json.loads(line) for line in r.text.splitlines()]
+
+    def close(self) -> None:
+        for p in self.workers.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.workers.values():
+            p.wait(timeout=20)
+        self.http.close()
+        self.server.stop()
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        stale = list(client.scan_iter(match=self.prefix + "*"))
+        if stale:
+            client.delete(*stale)
+
+
+def fake_config(urls: list[str]) -> dict[str, Any]:
+    return {
+        "experts": [{"name": f"e{i}", "model": f"m{i}", "endpoints": [u],
+                     "limits": {"timeout_s": 10}} for i, u in enumerate(urls)],
+        "default_expert": "e0",
+        "pipelines": {"auto": {"routers": ["default"]}},
+        "routers_dirs": [str(REPO / "routers")],
+    }
+
+
+@pytest.fixture
+def upstreams() -> Iterator[list[FakeUpstream]]:
+    ups = [FakeUpstream(f"u{i}").start() for i in range(2)]
+    yield ups
+    for u in ups:
+        u.stop()
+
+
+@pytest.fixture
+def deploy(tmp_path: Path, upstreams: list[FakeUpstream]) -> Iterator[Deployment]:
+    d = Deployment(tmp_path, fake_config([u.base_url for u in upstreams]))
+    yield d
+    d.close()
+
+
+def assert_exactly_once(results: list[dict[str, Any]], n: int) -> None:
+    ids = Counter(r["custom_id"] for r in results)
+    assert len(results) == n, f"{len(results)} results for {n} lines"
+    assert set(ids.values()) == {1}, [k for k, v in ids.items() if v > 1]
+
+
+def test_bad_lines_become_error_results(deploy: Deployment) -> None:
+    deploy.start_worker("w1")
+    content = jsonl([
+        request(0), "{not json", {"custom_id": "nobody"}, request(3, model="no-such-model"),
+        {**request(4), "url": "/v1/embeddings"}, request(0),  # duplicate custom_id
+        {"custom_id": "m", "body": {"model": "e1", "messages": []}}, request(7, model="e1"),
+    ])
+    job = deploy.wait(deploy.submit(content)["id"])
+    results = deploy.results(job["id"])
+    assert_exactly_once([r for r in results if r["custom_id"] != "q0"], 6)
+    by_line = {int(r["id"].rsplit("-", 1)[1]): r for r in results}
+    assert by_line[0]["response"]["status_code"] == 200
+    assert "not valid JSON" in by_line[1]["error"]["message"]
+    assert "missing body" in by_line[2]["error"]["message"]
+    assert by_line[3]["error"]["code"] == "model_not_found"
+    assert "unsupported url" in by_line[4]["error"]["message"]
+    assert "duplicate custom_id" in by_line[5]["error"]["message"]
+    assert "messages" in by_line[6]["error"]["message"]
+    assert by_line[7]["response"]["body"]["coe"]["expert"] == "e1"
+    assert job["request_counts"] == {"total": 8, "completed": 2, "failed": 6}
+
+
+def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
+    for u in upstreams:
+        u.fault = Fault(delay_s=0.05)
+    deploy.start_worker("w1")
+    deploy.start_worker("w2")
+    lines = [request(i, model=f"e{i % 2}") for i in range(60)]
+    job = deploy.wait(deploy.submit(jsonl(lines))["id"])
+    results = deploy.results(job["id"])
+    assert_exactly_once(results, 60)
+    assert all(r["response"]["status_code"] == 200 for r in results)
+    workers = Counter(r["response"]["body"]["coe"]["worker"] for r in results)
+    assert set(workers) == {"w1", "w2"}, workers
+    # each line was answered by the expert it asked for
+    for r in results:
+        i = int(r["custom_id"][1:])
+        assert r["response"]["body"]["coe"]["expert"] == f"e{i % 2}"
+
+
+def test_sigkill_mid_job_loses_nothing(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
+    for u in upstreams:
+        u.fault = Fault(delay_s=0.15)
+    deploy.start_worker("doomed")
+    deploy.start_worker("survivor")
+    lines = [request(i, model=f"e{i % 2}") for i in range(80)]
+    job_id = deploy.submit(jsonl(lines))["id"]
+    deadline = time.monotonic() + 60
+    while deploy.http.get(f"/v1/batches/{job_id}").json()["request_counts"]["completed"] < 10:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    deploy.workers["doomed"].send_signal(signal.SIGKILL)
+    deploy.workers["doomed"].wait()
+    job = deploy.wait(job_id)
+    results = deploy.results(job_id)
+    assert job["status"] == "completed"
+    assert_exactly_once(results, 80)
+    assert all(r["error"] is None for r in results)
+    assert job["request_counts"] == {"total": 80, "completed": 80, "failed": 0}
+
+
+def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
+    for u in upstreams:
+        u.fault = Fault(delay_s=0.3)
+    deploy.start_worker("w1")
+    job_id = deploy.submit(jsonl([request(i) for i in range(40)]))["id"]
+    time.sleep(1.0)
+    r = deploy.http.post(f"/v1/batches/{job_id}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert deploy.http.post(f"/v1/batches/{job_id}/cancel").status_code == 409
+    time.sleep(1.0)
+    results = deploy.results(job_id)
+    assert_exactly_once(results, 40)
+    cancelled = [r for r in results if r["error"] and r["error"]["code"] == "cancelled"]
+    assert 0 < len(cancelled) < 40
+
+
+def test_limits_and_unknown_jobs(deploy: Deployment) -> None:
+    too_many = jsonl([request(i) for i in range(501)])
+    r = deploy.http.post("/v1/batches", files={"file": ("big.jsonl", too_many)})
+    assert r.status_code == 413 and "limit is 500" in r.json()["error"]["message"]
+    r = deploy.http.post("/v1/batches", content=b"\n\n",
+                         headers={"content-type": "application/jsonl"})
+    assert r.status_code == 400 and "no requests" in r.json()["error"]["message"]
+    assert deploy.http.get("/v1/batches/batch_nope").status_code == 404
+    assert deploy.http.get("/v1/batches/batch_nope/results").status_code == 404
