@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def prepare_body(expert: ExpertSpec, body: dict[str, Any], stream: bool) -> dict[str, Any]:
     """The request as this expert should see it: its model id, its system prompt, its caps."""
-    out = dict(body)
+    out = {**expert.defaults, **body}
     out["model"] = expert.model
     out["stream"] = stream
     if stream:

@@ -40,6 +40,9 @@ class ExpertSpec(Strict):
     cost: float = Field(0.0, ge=0, description="price per million tokens")
     api_key: str | None = Field(None, repr=False)
     limits: ExpertLimits = ExpertLimits()
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="request parameters used when the client sets none"
+    )
 
     def base_urls(self) -> list[str]:
         return [str(u).rstrip("/") for u in self.endpoints]
@@ -56,8 +59,22 @@ class DynamicK(Strict):
 
 
 class AggregationSpec(Strict):
+    """How the answers of k > 1 experts become one (docs/aggregation.md)."""
+
     strategy: Literal["synthesize", "vote", "first", "best"] = "synthesize"
-    aggregator: str | None = None
+    aggregator: str | None = Field(
+        None, description="fixed aggregator / judge; a router's details['aggregator'] wins"
+    )
+    deadline_s: float = Field(
+        60.0, gt=0, le=3600, description="bounds the fan-out; experts still running are cut"
+    )
+    keepalive_s: float = Field(
+        5.0, gt=0, le=300, description="SSE keep-alive comment interval while a stream waits"
+    )
+    skip_if_agree: bool = Field(True, description="no aggregator call when final answers agree")
+    answer_format: Literal["auto", "choice", "number", "text"] = Field(
+        "auto", description="what final answers look like, for agreement and voting"
+    )
 
 
 class PipelineSpec(Strict):

@@ -22,6 +22,7 @@ class ExpertCreate(BaseModel):
     cost: float = Field(0.0, ge=0)
     api_key: str | None = Field(None, max_length=512)
     limits: ExpertLimits = ExpertLimits()
+    defaults: dict[str, Any] = Field(default_factory=dict)
 
     def to_spec(self) -> ExpertSpec:
         return ExpertSpec.model_validate(self.model_dump())
@@ -41,6 +42,7 @@ class ExpertUpdate(BaseModel):
     cost: float | None = Field(None, ge=0)
     api_key: str | None = Field(None, max_length=512)
     limits: ExpertLimits | None = None
+    defaults: dict[str, Any] | None = None
 
     def apply(self, current: ExpertSpec) -> ExpertSpec:
         data = current.model_dump()
@@ -58,6 +60,7 @@ class ExpertPublic(BaseModel):
     system_prompt: str | None
     cost: float
     limits: dict[str, Any]
+    defaults: dict[str, Any]
     has_api_key: bool
 
     @classmethod
@@ -72,6 +75,7 @@ class ExpertPublic(BaseModel):
             system_prompt=spec.system_prompt,
             cost=spec.cost,
             limits=spec.limits.model_dump(),
+            defaults=spec.defaults,
             has_api_key=spec.api_key is not None,
         )
 

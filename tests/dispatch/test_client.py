@@ -55,14 +55,21 @@ def dead_url() -> str:
 
 
 async def test_complete_prepares_body(client: ExpertClient, ups: list[FakeUpstream]) -> None:
-    e = expert("a", ups[0].base_url, system_prompt="Be brief.", limits={"max_tokens": 7})
+    e = expert(
+        "a",
+        ups[0].base_url,
+        system_prompt="Be brief.",
+        limits={"max_tokens": 7},
+        defaults={"temperature": 0.1, "top_k": 9},
+    )
     out = await client.complete(e, {**BODY, "max_tokens": 100, "top_k": 3})
     assert out["choices"][0]["message"]["content"] == "[u0] hello there"
     sent = ups[0].state.bodies[-1]
     assert sent["model"] == "a-model"
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
     assert sent["max_tokens"] == 7
-    assert sent["top_k"] == 3  # unknown fields pass through
+    assert sent["top_k"] == 3  # unknown fields pass through, and beat the expert's defaults
+    assert sent["temperature"] == 0.1  # a default the client did not set
     assert sent["stream"] is False
 
 
