@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, config: CoeConfig | None = None
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.batch_max_bytes,
+        max_header_bytes=settings.max_header_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
     keyed = [Depends(client_key)]

@@ -29,14 +29,20 @@ class RequestContext:
     """Assigns the request id, counts and times every request, enforces body limits."""
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, body_timeout_s: float,
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        body_timeout_s: float,
         upload_max_bytes: int | None = None,
+        max_header_bytes: int = 16 * 1024,
     ):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.upload_max_bytes = upload_max_bytes or max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.max_header_bytes = max_header_bytes
 
     def limit_for(self, path: str) -> int:
         """Batch uploads may be larger than chat requests."""
@@ -67,6 +73,20 @@ class RequestContext:
             await send(message)
 
         try:
+            head_bytes = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if head_bytes > self.max_header_bytes:
+                await self._reject(
+                    send_wrapped,
+                    431,
+                    _error(
+                        431,
+                        f"Request headers of {head_bytes} bytes exceed the "
+                        f"{self.max_header_bytes}-byte limit",
+                        "invalid_request_error",
+                        "headers_too_large",
+                    ),
+                )
+                return
             declared = headers.get("content-length", "")
             limit = self.limit_for(scope.get("path", ""))
             if declared.isdigit() and int(declared) > limit:
@@ -75,8 +95,7 @@ class RequestContext:
                     413,
                     _error(
                         413,
-                        f"Request body of {declared} bytes exceeds the "
-                        f"{limit}-byte limit",
+                        f"Request body of {declared} bytes exceeds the {limit}-byte limit",
                         "invalid_request_error",
                         "payload_too_large",
                     ),
