@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coe.aggregation import Aggregation
 from coe.dispatch import ExpertClient, Failure, complete_ranked, stream_ranked
 from coe.errors import InvalidRequest, ModelNotFound, RoutingError
 from coe.experts.registry import ExpertRegistry
-from coe.experts.schema import CoeConfig, ExpertSpec, PipelineSpec
+from coe.experts.schema import AggregationSpec, CoeConfig, ExpertSpec, PipelineSpec
 from coe.routing.base import RouteContext, Router, RouterDeps
 from coe.routing.decision import Candidate, RouteDecision
 from coe.routing.dynamic_k import dynamic_k
@@ -34,13 +35,32 @@ class Target:
     expert: str | None = None
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A routed request: what it targets, the decision, and how k > 1 answers are combined."""
+
+    target: Target
+    decision: RouteDecision
+    aggregation: AggregationSpec
+    route_ms: float = 0.0
+
+    @property
+    def fans_out(self) -> bool:
+        return self.decision.k > 1
+
+
 @dataclass
 class Completion:
+    """`expert` wrote the text; with k > 1, `aggregation` is the fan-out's part of `coe`."""
+
     response: dict[str, Any]
     decision: RouteDecision
     expert: str
     failures: list[Failure] = field(default_factory=list)
     route_ms: float = 0.0
+    experts: list[str] = field(default_factory=list)  # every expert that answered
+    aggregator: str | None = None
+    aggregation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -51,6 +71,9 @@ class StreamStart:
     expert: str
     failures: list[Failure] = field(default_factory=list)
     route_ms: float = 0.0
+    experts: list[str] = field(default_factory=list)
+    aggregator: str | None = None
+    aggregation: dict[str, Any] | None = None
 
 
 def query_text(messages: list[dict[str, Any]]) -> str:
@@ -142,7 +165,9 @@ class Engine:
                 decision = _with_note(decision, "fell back after " + "; ".join(tried))
             if spec.dynamic_k is not None:
                 return dynamic_k(decision, spec.dynamic_k.tau, spec.dynamic_k.max_k)
-            return decision.with_k(min(spec.k, len(decision.candidates)))
+            # A pipeline's explicit k wins; otherwise a router may recruit several experts.
+            k = spec.k if "k" in spec.model_fields_set else decision.k
+            return decision.with_k(min(k, len(decision.candidates)))
         raise RoutingError(
             f"pipeline {target.pipeline!r}: every router abstained ({'; '.join(tried)})"
         )
@@ -166,25 +191,69 @@ class Engine:
         )
 
     # -- generation -----------------------------------------------------------------------
-    async def complete(self, body: dict[str, Any], request_id: str | None = None) -> Completion:
+    async def plan(self, body: dict[str, Any], request_id: str | None = None) -> Plan:
+        """Resolve the model and route the query; k > 1 means a fan-out."""
         target = self.resolve(str(body.get("model", "")))
         started = time.perf_counter()
         decision = await self.decide(target, query_text(body["messages"]), request_id)
         route_ms = (time.perf_counter() - started) * 1000
+        spec = (
+            self.pipelines[target.pipeline].aggregation
+            if target.pipeline is not None
+            else AggregationSpec()
+        )
+        return Plan(target=target, decision=decision, aggregation=spec, route_ms=route_ms)
+
+    async def complete(
+        self, body: dict[str, Any], request_id: str | None = None, plan: Plan | None = None
+    ) -> Completion:
+        plan = plan or await self.plan(body, request_id)
+        decision = plan.decision
+        if plan.fans_out:
+            out = await self._aggregation(plan).run(
+                body, query_text(body["messages"]), stream=False
+            )
+            assert out.response is not None
+            response = {**out.response, "usage": out.usage()}
+            return Completion(
+                response=response,
+                decision=decision,
+                expert=out.expert,
+                failures=out.failures,
+                route_ms=plan.route_ms,
+                experts=out.answered,
+                aggregator=out.aggregator,
+                aggregation=out.meta(),
+            )
         answer = await complete_ranked(self.client, decision.ranked, self.registry.snapshot(), body)
         return Completion(
             response=answer.response,
             decision=decision,
             expert=answer.expert,
             failures=answer.failures,
-            route_ms=route_ms,
+            route_ms=plan.route_ms,
+            experts=[answer.expert],
         )
 
-    async def open_stream(self, body: dict[str, Any], request_id: str | None = None) -> StreamStart:
-        target = self.resolve(str(body.get("model", "")))
-        started = time.perf_counter()
-        decision = await self.decide(target, query_text(body["messages"]), request_id)
-        route_ms = (time.perf_counter() - started) * 1000
+    async def open_stream(
+        self, body: dict[str, Any], request_id: str | None = None, plan: Plan | None = None
+    ) -> StreamStart:
+        plan = plan or await self.plan(body, request_id)
+        decision = plan.decision
+        if plan.fans_out:
+            out = await self._aggregation(plan).run(body, query_text(body["messages"]), stream=True)
+            assert out.first is not None and out.rest is not None
+            return StreamStart(
+                first=out.first,
+                rest=out.rest,
+                decision=decision,
+                expert=out.expert,
+                failures=out.failures,
+                route_ms=plan.route_ms,
+                experts=out.answered,
+                aggregator=out.aggregator,
+                aggregation=out.meta(),
+            )
         opened = await stream_ranked(self.client, decision.ranked, self.registry.snapshot(), body)
         return StreamStart(
             first=opened.first,
@@ -192,8 +261,12 @@ class Engine:
             decision=decision,
             expert=opened.expert,
             failures=opened.failures,
-            route_ms=route_ms,
+            route_ms=plan.route_ms,
+            experts=[opened.expert],
         )
+
+    def _aggregation(self, plan: Plan) -> Aggregation:
+        return Aggregation(self.client, self.registry.snapshot(), plan.decision, plan.aggregation)
 
     async def chat_text(self, expert: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """A ChatCaller for routers (keywords, instructions): one expert, plain text back."""

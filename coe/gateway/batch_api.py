@@ -15,11 +15,21 @@ from coe.gateway.deps import ServicesDep
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-UPLOAD_DOC = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary"}}}},
-    "application/jsonl": {"schema": {"type": "string"}},
-}}}
+UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/jsonl": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 
 async def _upload(request: Request, max_bytes: int) -> tuple[bytes, str]:

@@ -73,7 +73,9 @@ class Services:
             in_process = self.settings.redis_url is None  # nobody else would run the jobs
         if in_process:
             worker = BatchWorker(
-                self.batch_jobs, lambda: self.engine, name="gateway",
+                self.batch_jobs,
+                lambda: self.engine,
+                name="gateway",
                 claim_idle_s=self.settings.batch_claim_idle_s,
             )
             self.tasks.append(asyncio.create_task(worker.run()))
@@ -114,7 +116,9 @@ def _admin_token(settings: Settings) -> str:
 
 
 async def build_services(
-    settings: Settings, config: CoeConfig | None = None, metrics: Metrics | None = None,
+    settings: Settings,
+    config: CoeConfig | None = None,
+    metrics: Metrics | None = None,
     serve_admin: bool = True,
 ) -> Services:
     """`serve_admin=False` for processes with no admin API (workers, the CLI)."""

@@ -201,6 +201,8 @@ def test_metrics_content(admin: httpx.Client, anon: httpx.Client) -> None:
     assert 'coe_requests_total{method="POST",path="/v1/chat/completions",status="200"}' in text
     assert 'coe_request_latency_seconds_bucket{le="0.005",path="/v1/chat/completions"}' in text
     assert "coe_rate_limited_total" in text and "coe_registry_version" in text
+    assert 'coe_route_decisions_total{expert="alpha",router="default"}' in text
+    assert 'coe_tokens_total{expert="alpha",kind="completion"}' in text
 
 
 def test_request_id_header_everywhere(anon: httpx.Client) -> None:

@@ -1,0 +1,165 @@
+"""The four ways k answers become one: synthesize, vote, first, best (a judge picks).
+
+`aggregate` fans the query out, then applies the pipeline's strategy. The aggregator (or
+judge) is the router's per-category choice, else the pipeline's fixed one, else the top
+candidate; if it fails, the answered experts are tried in turn, and if all fail the
+top-scored expert answer is returned with a note saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from coe.aggregation.extract import extract_answer
+from coe.aggregation.fanout import ExpertAnswer, fan_out, none_answered
+from coe.aggregation.judge import parse_verdict
+from coe.aggregation.outcome import Outcome, failures_of
+from coe.aggregation.prompts import JUDGE_PARAMS, judge_messages, synthesize_messages
+from coe.aggregation.stream import as_chunks, with_usage
+from coe.aggregation.vote import Ballot, all_agree, majority_vote
+from coe.dispatch import ExpertClient, complete_ranked, stream_ranked
+from coe.errors import UpstreamError
+from coe.experts.schema import AggregationSpec, ExpertSpec
+from coe.routing.decision import RouteDecision
+
+log = logging.getLogger(__name__)
+DROPPED = ("messages", "n", "stream", "stream_options")  # not passed on to the aggregator
+
+
+def choose_aggregator(
+    decision: RouteDecision, spec: AggregationSpec, experts: Mapping[str, ExpertSpec]
+) -> str:
+    """The router's per-category pick, else the pipeline's fixed aggregator, else the top one."""
+    for name in (decision.details.get("aggregator"), spec.aggregator):
+        if isinstance(name, str) and name in experts:
+            return name
+    return decision.candidates[0].expert
+
+
+class Aggregation:
+    """One fanned-out request: built per request, `run` once."""
+
+    def __init__(
+        self,
+        client: ExpertClient,
+        experts: Mapping[str, ExpertSpec],
+        decision: RouteDecision,
+        spec: AggregationSpec,
+    ):
+        self.client = client
+        self.experts = experts
+        self.decision = decision
+        self.spec = spec
+
+    async def run(self, body: dict[str, Any], question: str, stream: bool) -> Outcome:
+        spec = self.spec
+        picks = self.decision.candidates[: self.decision.k]
+        first_only = spec.strategy == "first"
+        answers = await fan_out(
+            self.client, picks, self.experts, body, spec.deadline_s, until_first=first_only
+        )
+        ok = sorted((a for a in answers if a.ok), key=lambda a: -a.score)  # stable: rank order
+        if not ok:
+            raise none_answered(answers)
+        out = Outcome(spec.strategy, answers, expert=ok[0].expert, deadline_s=spec.deadline_s)
+        if first_only:
+            return self._final(out, min(ok, key=lambda a: a.latency_ms), stream)
+        fmt = spec.answer_format
+        ballots = [Ballot(a.expert, a.score, extract_answer(a.text, fmt)) for a in ok]
+        if spec.strategy == "vote":
+            result = majority_vote(ballots)
+            out.extra["vote"] = result.to_dict()
+            return self._final(out, next(a for a in ok if a.expert == result.winner), stream)
+        if len(ok) == 1:
+            out.skipped = "only one expert answered"
+            return self._final(out, ok[0], stream)
+        if spec.skip_if_agree and all_agree(ballots):
+            out.skipped = "all experts agree"
+            return self._final(out, ok[0], stream)
+        order = [choose_aggregator(self.decision, spec, self.experts), *(a.expert for a in ok)]
+        if spec.strategy == "best":
+            return await self._judge(out, ok, order, body, question, stream)
+        return await self._synthesize(out, ok, order, body, question, stream)
+
+    def _final(self, out: Outcome, answer: ExpertAnswer, stream: bool) -> Outcome:
+        """Return one expert's finished answer (as chunks when the client streams)."""
+        assert answer.response is not None
+        out.expert = answer.expert
+        if stream:
+            out.first, out.rest = as_chunks(answer.response, out.usage())
+        else:
+            out.response = answer.response
+        return out
+
+    def _params(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body.items() if k not in DROPPED}
+
+    def _fell_back(
+        self, out: Outcome, role: str, err: UpstreamError, ok: list[ExpertAnswer]
+    ) -> None:
+        out.aggregator_failures += failures_of(err)
+        out.note = f"every {role} failed ({err.message}); returned the top-scored expert's answer"
+        log.warning("aggregation fell back to expert %s: %s", ok[0].expert, err.message)
+
+    async def _synthesize(
+        self,
+        out: Outcome,
+        ok: list[ExpertAnswer],
+        order: list[str],
+        body: dict[str, Any],
+        question: str,
+        stream: bool,
+    ) -> Outcome:
+        messages = synthesize_messages(body["messages"], question, [a.text for a in ok])
+        request = {**self._params(body), "messages": messages}
+        try:
+            if stream:
+                opened = await stream_ranked(self.client, order, self.experts, request)
+                out.first, out.rest = opened.first, with_usage(opened.rest, out.usage())
+                who, failures = opened.expert, opened.failures
+            else:
+                answer = await complete_ranked(self.client, order, self.experts, request)
+                out.aggregator_response = out.response = answer.response
+                who, failures = answer.expert, answer.failures
+        except UpstreamError as err:
+            self._fell_back(out, "aggregator", err, ok)
+            return self._final(out, ok[0], stream)
+        out.aggregator = out.expert = who
+        out.aggregator_failures += failures
+        if out.aggregator != order[0]:
+            out.note = f"aggregator {order[0]} failed; {out.aggregator} synthesised instead"
+        return out
+
+    async def _judge(
+        self,
+        out: Outcome,
+        ok: list[ExpertAnswer],
+        order: list[str],
+        body: dict[str, Any],
+        question: str,
+        stream: bool,
+    ) -> Outcome:
+        request = {
+            **self._params(body),
+            **JUDGE_PARAMS,
+            "messages": judge_messages(question, [a.text for a in ok]),
+        }
+        try:
+            answer = await complete_ranked(self.client, order, self.experts, request)
+        except UpstreamError as err:
+            self._fell_back(out, "judge", err, ok)
+            return self._final(out, ok[0], stream)
+        out.aggregator = answer.expert
+        out.aggregator_failures += answer.failures
+        out.aggregator_response = answer.response
+        verdict = str(answer.response["choices"][0].get("message", {}).get("content") or "")
+        choice = parse_verdict(verdict, len(ok))
+        out.extra["verdict"] = {"text": verdict[:200], "choice": choice}
+        if choice is None:
+            out.note = (
+                f"judge {answer.expert}'s verdict was unparseable; returned the top-scored answer"
+            )
+            return self._final(out, ok[0], stream)
+        return self._final(out, ok[choice - 1], stream)

@@ -1,0 +1,104 @@
+"""Slow and oversized clients against a real `coe serve` process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    cfg = tmp_path_factory.mktemp("hard") / "experts.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "experts": [{"name": "a", "model": "m", "endpoints": ["http://127.0.0.1:9"]}],
+                "default_expert": "a",
+                "pipelines": {"auto": {"routers": ["default"]}},
+                "routers_dirs": [str(REPO / "routers")],
+            }
+        )
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "COE_DEV_MODE": "1",
+        "COE_BODY_TIMEOUT_S": "1",
+        "COE_MAX_HEADER_BYTES": "4096",
+        "COE_MAX_TOKENS_LIMIT": "1000",
+        "COE_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coe.cli", "serve", "-c", str(cfg), "--port", str(port)], env=env
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+def raw_request(port: int, head: bytes, body_parts: list[bytes], pause_s: float) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        for part in body_parts:
+            time.sleep(pause_s)
+            try:
+                s.sendall(part)
+            except OSError:
+                break
+        chunks = []
+        while data := s.recv(65536):
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def test_slow_body_gets_408(served: int) -> None:
+    body = b'{"model": "a", "messages": [{"role": "user", "content": "hi"}]}'
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    started = time.monotonic()
+    reply = raw_request(served, head, [body[:10], body[10:]], pause_s=2.0)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"not received within 1 s" in reply
+    assert time.monotonic() - started < 5
+
+
+def test_oversized_header_refused(served: int) -> None:
+    r = httpx.get(f"http://127.0.0.1:{served}/health", headers={"x-big": "a" * 20000})
+    assert r.status_code in (400, 431)
+
+
+def test_max_tokens_bound(served: int) -> None:
+    r = httpx.post(
+        f"http://127.0.0.1:{served}/v1/chat/completions",
+        json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
+    )
+    assert r.status_code == 400
+    assert "max_tokens" in r.json()["error"]["message"]
+    assert "1000" in r.json()["error"]["message"]
