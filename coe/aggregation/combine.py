@@ -54,12 +54,23 @@ class Aggregation:
         self.spec = spec
 
     async def run(self, body: dict[str, Any], question: str, stream: bool) -> Outcome:
-        spec = self.spec
         picks = self.decision.candidates[: self.decision.k]
-        first_only = spec.strategy == "first"
         answers = await fan_out(
-            self.client, picks, self.experts, body, spec.deadline_s, until_first=first_only
+            self.client,
+            picks,
+            self.experts,
+            body,
+            self.spec.deadline_s,
+            until_first=self.spec.strategy == "first",
         )
+        return await self.combine(answers, body, question, stream)
+
+    async def combine(
+        self, answers: list[ExpertAnswer], body: dict[str, Any], question: str, stream: bool
+    ) -> Outcome:
+        """Turn the experts' answers into one; batch jobs call this after running each group."""
+        spec = self.spec
+        first_only = spec.strategy == "first"
         ok = sorted((a for a in answers if a.ok), key=lambda a: -a.score)  # stable: rank order
         if not ok:
             raise none_answered(answers)

@@ -48,6 +48,19 @@ class RouteDecision:
         return out
 
     @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouteDecision:
+        """The inverse of `to_dict` (batch jobs store decisions between phases)."""
+        return cls(
+            candidates=tuple(Candidate(c["expert"], float(c["score"])) for c in data["candidates"]),
+            router=data["router"],
+            reason=data["reason"],
+            k=int(data["k"]),
+            abstained=bool(data.get("abstained", False)),
+            category=data.get("category"),
+            details=dict(data.get("details") or {}),
+        )
+
+    @classmethod
     def abstain(cls, router: str, reason: str, **details: Any) -> RouteDecision:
         return cls(candidates=(), router=router, reason=reason, abstained=True, details=details)
 

@@ -37,6 +37,14 @@ def batch_settled(job_id: str) -> str:
     return f"batch:{job_id}:settled"  # hash: index -> "1" once routed or answered with an error
 
 
+def batch_answers(job_id: str, index: int) -> str:
+    return f"batch:{job_id}:answers:{index}"  # hash: expert -> its answer (k > 1 lines)
+
+
+def batch_runs_done(job_id: str) -> str:
+    return f"batch:{job_id}:runs-done"  # hash: run unit key -> "1"
+
+
 def batch_flag(job_id: str, name: str) -> str:
     return f"batch:{job_id}:flag:{name}"
 

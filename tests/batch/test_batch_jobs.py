@@ -34,9 +34,16 @@ def jsonl(lines: list[Any]) -> bytes:
 
 
 def request(i: int, model: str = "coe/auto") -> dict[str, Any]:
-    return {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": [{"role": "user", "content": f"question {i}"}],
-                     "max_tokens": 8}}
+    return {
+        "custom_id": f"q{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": model,
+            "messages": [{"role": "user", "content": f"question {i}"}],
+            "max_tokens": 8,
+        },
+    }
 
 
 class Deployment:
@@ -46,19 +53,33 @@ class Deployment:
         self.prefix = f"coe-test-batch:{uuid.uuid4().hex[:10]}:"
         self.cfg = tmp / "experts.yaml"
         self.cfg.write_text(yaml.safe_dump(config))
-        self.env = {**os.environ, "COE_REDIS_URL": REDIS_URL, "COE_STORE_PREFIX": self.prefix,
-                    "COE_BATCH_CLAIM_IDLE_S": "2", "COE_BATCH_CHUNK": str(chunk),
-                    "COE_LOG_LEVEL": "WARNING", "COE_EXPERTS_FILE": str(self.cfg)}
-        settings = Settings(redis_url=REDIS_URL, store_prefix=self.prefix, batch_worker=False,
-                            batch_chunk=chunk, dev_mode=True, experts_file=self.cfg,
-                            batch_max_lines=500, batch_claim_idle_s=2)
+        self.env = {
+            **os.environ,
+            "COE_REDIS_URL": REDIS_URL,
+            "COE_STORE_PREFIX": self.prefix,
+            "COE_BATCH_CLAIM_IDLE_S": "2",
+            "COE_BATCH_CHUNK": str(chunk),
+            "COE_LOG_LEVEL": "WARNING",
+            "COE_EXPERTS_FILE": str(self.cfg),
+        }
+        settings = Settings(
+            redis_url=REDIS_URL,
+            store_prefix=self.prefix,
+            batch_worker=False,
+            batch_chunk=chunk,
+            dev_mode=True,
+            experts_file=self.cfg,
+            batch_max_lines=500,
+            batch_claim_idle_s=2,
+        )
         self.server = ServedApp(create_app(settings, CoeConfig.model_validate(config))).start()
         self.http = httpx.Client(base_url=self.server.base_url, timeout=30)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     def start_worker(self, name: str) -> None:
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "coe.cli", "worker", "--name", name], env=self.env)
+            [sys.executable, "-m", "coe.cli", "worker", "--name", name], env=self.env
+        )
 
     def submit(self, content: bytes) -> dict[str, Any]:
         r = self.http.post("/v1/batches", files={"file": ("in.jsonl", content)})
@@ -97,8 +118,10 @@ class Deployment:
 
 def fake_config(urls: list[str]) -> dict[str, Any]:
     return {
-        "experts": [{"name": f"e{i}", "model": f"m{i}", "endpoints": [u],
-                     "limits": {"timeout_s": 10}} for i, u in enumerate(urls)],
+        "experts": [
+            {"name": f"e{i}", "model": f"m{i}", "endpoints": [u], "limits": {"timeout_s": 10}}
+            for i, u in enumerate(urls)
+        ],
         "default_expert": "e0",
         "pipelines": {"auto": {"routers": ["default"]}},
         "routers_dirs": [str(REPO / "routers")],
@@ -128,11 +151,18 @@ def assert_exactly_once(results: list[dict[str, Any]], n: int) -> None:
 
 def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     deploy.start_worker("w1")
-    content = jsonl([
-        request(0), "{not json", {"custom_id": "nobody"}, request(3, model="no-such-model"),
-        {**request(4), "url": "/v1/embeddings"}, request(0),  # duplicate custom_id
-        {"custom_id": "m", "body": {"model": "e1", "messages": []}}, request(7, model="e1"),
-    ])
+    content = jsonl(
+        [
+            request(0),
+            "{not json",
+            {"custom_id": "nobody"},
+            request(3, model="no-such-model"),
+            {**request(4), "url": "/v1/embeddings"},
+            request(0),  # duplicate custom_id
+            {"custom_id": "m", "body": {"model": "e1", "messages": []}},
+            request(7, model="e1"),
+        ]
+    )
     job = deploy.wait(deploy.submit(content)["id"])
     results = deploy.results(job["id"])
     assert_exactly_once([r for r in results if r["custom_id"] != "q0"], 6)
@@ -207,8 +237,46 @@ def test_limits_and_unknown_jobs(deploy: Deployment) -> None:
     too_many = jsonl([request(i) for i in range(501)])
     r = deploy.http.post("/v1/batches", files={"file": ("big.jsonl", too_many)})
     assert r.status_code == 413 and "limit is 500" in r.json()["error"]["message"]
-    r = deploy.http.post("/v1/batches", content=b"\n\n",
-                         headers={"content-type": "application/jsonl"})
+    r = deploy.http.post(
+        "/v1/batches", content=b"\n\n", headers={"content-type": "application/jsonl"}
+    )
     assert r.status_code == 400 and "no requests" in r.json()["error"]["message"]
     assert deploy.http.get("/v1/batches/batch_nope").status_code == 404
     assert deploy.http.get("/v1/batches/batch_nope/results").status_code == 404
+
+
+def test_k2_lines_run_per_expert_then_aggregate_last(
+    tmp_path: Path, upstreams: list[FakeUpstream]
+) -> None:
+    config = fake_config([u.base_url for u in upstreams])
+    config["pipelines"]["auto"] = {
+        "routers": ["default"],
+        "k": 2,
+        "aggregation": {"strategy": "synthesize", "aggregator": "e1", "skip_if_agree": False},
+    }
+    d = Deployment(tmp_path, config, chunk=5)
+    try:
+        upstreams[0].fault = Fault(mode="status", status=500, times=1)  # one answer is lost
+        d.start_worker("w1")
+        job = d.wait(d.submit(jsonl([request(i) for i in range(12)]))["id"])
+        results = d.results(job["id"])
+        assert_exactly_once(results, 12)
+        assert job["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
+        partial = 0
+        for r in results:
+            coe = r["response"]["body"]["coe"]
+            assert [a["expert"] for a in coe["answers"]] == ["e0", "e1"]
+            if coe["answers"][0]["status"] == "failed":
+                partial += 1
+                assert coe["aggregation"]["skipped"] == "only one expert answered"
+            else:
+                assert coe["aggregation"]["aggregator"] == "e1"
+                assert r["response"]["body"]["model"] == "e1"
+                # the synthesis prompt carried both answers
+                assert r["response"]["body"]["usage"]["total_tokens"] > 0
+        assert partial == 1
+        # each expert answered every line once, and e1 also aggregated 11 of them
+        assert upstreams[0].state.requests == 12
+        assert upstreams[1].state.requests == 12 + 11
+    finally:
+        d.close()
