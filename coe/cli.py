@@ -156,9 +156,11 @@ def route(query: str, model: str, config: str | None) -> None:
 
 def _add_batch_commands() -> None:
     from coe.batch.cli import batch_group, worker_command
+    from coe.deploy.cli import deploy_group
 
     main.add_command(batch_group)
     main.add_command(worker_command)
+    main.add_command(deploy_group)
 
 
 def _add_optional_groups() -> None:

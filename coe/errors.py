@@ -16,6 +16,7 @@
         ├── UpstreamTimeout         504   upstream_timeout
         ├── UpstreamStatus          502   upstream_error      5xx/429 answer (400 when the expert
         │                                                     rejected the request itself)
+        ├── ExpertUnavailable       503   expert_unavailable  a pool could not swap it in (retried)
         └── AllExpertsFailed        502   upstream_error      every candidate failed (keeps all)
 
 The gateway turns any CoeError into OpenAI's error shape with `to_openai()`.
@@ -150,6 +151,13 @@ class UpstreamStatus(UpstreamError):
     def retryable(self) -> bool:
         # 4xx from an expert means our request is wrong for it; another replica says the same.
         return self.status >= 500 or self.status == 429
+
+
+class ExpertUnavailable(UpstreamError):
+    """A pool could not make the expert resident (swap failed or cooling down); try another."""
+
+    status_code = 503
+    error_type = "expert_unavailable"
 
 
 class AllExpertsFailed(UpstreamError):

@@ -129,8 +129,12 @@ class Engine:
         )
 
     def context(self, request_id: str | None = None) -> RouteContext:
+        """What routers may choose from: registered experts, minus those a pool cannot load."""
+        experts = self.registry.snapshot()
+        if down := self.client.unavailable():
+            experts = {name: spec for name, spec in experts.items() if name not in down}
         return RouteContext(
-            experts=self.registry.snapshot(),
+            experts=experts,
             default_expert=self.config.default_expert,
             categories=self.config.categories,
             request_id=request_id,

@@ -11,8 +11,8 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, Protocol
 
 import httpx
 
@@ -47,11 +47,22 @@ def prepare_body(expert: ExpertSpec, body: dict[str, Any], stream: bool) -> dict
     return out
 
 
+class Admission(Protocol):
+    """Holds a call until its expert is resident (`coe.pool.PoolSet`); others pass through."""
+
+    def admit(self, expert: str) -> AbstractAsyncContextManager[None]: ...
+
+    def unavailable(self) -> set[str]:
+        """Experts that cannot be made resident right now (their controller failed)."""
+        ...
+
+
 class ExpertClient:
     """Calls experts over one shared httpx client; one instance per process."""
 
-    def __init__(self, http: httpx.AsyncClient):
+    def __init__(self, http: httpx.AsyncClient, admission: Admission | None = None):
         self.http = http
+        self.admission = admission
         self._replicas: dict[str, tuple[tuple[str, ...], ReplicaSet]] = {}
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
 
@@ -87,6 +98,12 @@ class ExpertClient:
         finally:
             sem.release()
 
+    def unavailable(self) -> set[str]:
+        return self.admission.unavailable() if self.admission else set()
+
+    def _admitted(self, expert: ExpertSpec) -> AbstractAsyncContextManager[Any]:
+        return self.admission.admit(expert.name) if self.admission else nullcontext()
+
     def _timeout(self, expert: ExpertSpec) -> httpx.Timeout:
         return httpx.Timeout(expert.limits.timeout_s, connect=expert.limits.connect_timeout_s)
 
@@ -102,7 +119,7 @@ class ExpertClient:
         payload = prepare_body(expert, body, stream=False)
         replicas = self.replicas(expert)
         last: UpstreamError | None = None
-        async with self._slot(expert):
+        async with self._admitted(expert), self._slot(expert):
             for replica in self._attempts(expert):
                 replica.inflight += 1
                 try:
@@ -201,7 +218,7 @@ class ExpertClient:
     ) -> AsyncIterator[dict[str, Any]]:
         base = replica.url
         url = f"{base}/v1/chat/completions"
-        async with self._slot(expert):
+        async with self._admitted(expert), self._slot(expert):
             replica.inflight += 1
             try:
                 async with self.http.stream(

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
 from coe.errors import ConfigError
+from coe.pool.config import PoolSpec
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 
@@ -43,6 +44,7 @@ class ExpertSpec(Strict):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="request parameters used when the client sets none"
     )
+    pool: str | None = Field(None, description="the pool (shared device) this expert lives in")
 
     def base_urls(self) -> list[str]:
         return [str(u).rstrip("/") for u in self.endpoints]
@@ -106,6 +108,9 @@ class CoeConfig(Strict):
     routers: dict[str, RouterSpec] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     default_pipeline: str = "auto"
+    pools: dict[str, PoolSpec] = Field(
+        default_factory=dict, description="experts sharing a device, C resident at once"
+    )
     routers_dirs: list[str] = Field(
         default_factory=lambda: ["routers"],
         description="folders of router plug-ins, relative to this file; later ones may add types",
@@ -133,6 +138,9 @@ class CoeConfig(Strict):
             agg = pipe.aggregation.aggregator
             if agg is not None and agg not in known:
                 raise ValueError(f"pipelines.{pname}.aggregation.aggregator {agg!r} is unknown")
+        for e in self.experts:
+            if e.pool is not None and e.pool not in self.pools:
+                raise ValueError(f"expert {e.name} names unknown pool {e.pool!r}")
         if self.pipelines and self.default_pipeline not in self.pipelines:
             raise ValueError(f"default_pipeline {self.default_pipeline!r} is not a pipeline")
         return self

@@ -20,6 +20,7 @@ from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
 from coe.observability import Metrics
 from coe.pipeline import Engine, build_engine
+from coe.pool import PoolSet, build_pools
 from coe.security import ApiKeyStore
 from coe.store import keys, open_store
 from coe.store.base import Store
@@ -43,6 +44,7 @@ class Services:
     base_dir: Path
     batch_jobs: BatchJobs
     encoders: Any = None
+    pools: PoolSet | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -94,6 +96,8 @@ class Services:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.pools is not None:
+            await self.pools.close()
         await self.http.aclose()
         await self.store.close()
 
@@ -128,6 +132,7 @@ async def build_services(
         config = await asyncio.to_thread(load_config, config_path)
     base_dir = Path(os.path.abspath(config_path)).parent  # noqa: ASYNC240 - start-up only
     store = open_store(settings.redis_url, prefix=settings.store_prefix)
+    pools: PoolSet | None = None
     try:
         registry = ExpertRegistry(store)
         await registry.seed(config)
@@ -135,13 +140,18 @@ async def build_services(
         await api_keys.refresh()
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(settings.request_timeout_s))
-        client = ExpertClient(http)
+        pools = build_pools(config, http)
+        await pools.start()
+        client = ExpertClient(http, admission=pools)
         encoders = _encoder_cache()
         engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
     except BaseException:
+        if pools is not None:
+            await pools.close()
         await store.close()
         raise
     metrics = metrics or Metrics()
+    metrics.attach_pools(pools.metrics)
     metrics.registry_version.set(registry.version)
     log.info(
         "coe ready: %d experts, pipelines %s, store %s",
@@ -163,4 +173,5 @@ async def build_services(
         base_dir=base_dir,
         batch_jobs=BatchJobs(store, chunk=settings.batch_chunk),
         encoders=encoders,
+        pools=pools,
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from coe.pool.metrics import PoolMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -44,19 +47,18 @@ class Metrics:
         self.rate_limited = Counter(
             "coe_rate_limited", "Requests refused by a key's rate limit", registry=r
         )
-        self.swaps = Counter("coe_pool_swaps", "Expert swaps in pools", ["pool"], registry=r)
-        self.swap_seconds = Counter(
-            "coe_pool_swap_seconds", "Seconds spent swapping experts", ["pool"], registry=r
-        )
-        self.queue_depth = Gauge(
-            "coe_pool_queue_depth", "Requests waiting per expert", ["expert"], registry=r
-        )
         self.batch_items = Counter(
             "coe_batch_items", "Batch items processed", ["status"], registry=r
         )
         self.registry_version = Gauge(
             "coe_registry_version", "Expert registry version seen by this replica", registry=r
         )
+
+    def attach_pools(self, pool_metrics: PoolMetrics) -> None:
+        """Pools keep their own figures; export them at scrape time."""
+        from coe.observability.pool_collector import PoolCollector
+
+        self.registry.register(PoolCollector(pool_metrics))
 
     def observe_route(self, router: str, experts: list[str]) -> None:
         for expert in experts:

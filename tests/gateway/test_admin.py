@@ -23,7 +23,8 @@ MSG = [{"role": "user", "content": "hi"}]
 def config_for(url: str) -> CoeConfig:
     return CoeConfig.model_validate(
         {
-            "experts": [{"name": "alpha", "model": "m", "endpoints": [url]}],
+            "experts": [{"name": "alpha", "model": "m", "endpoints": [url], "pool": "dev0"}],
+            "pools": {"dev0": {"controller": "static", "capacity": 1}},
             "default_expert": "alpha",
             "pipelines": {"auto": {"routers": ["default"]}},
             "routers_dirs": [str(REPO / "routers")],
@@ -203,6 +204,8 @@ def test_metrics_content(admin: httpx.Client, anon: httpx.Client) -> None:
     assert "coe_rate_limited_total" in text and "coe_registry_version" in text
     assert 'coe_route_decisions_total{expert="alpha",router="default"}' in text
     assert 'coe_tokens_total{expert="alpha",kind="completion"}' in text
+    # a static pool never swaps, but every admission is timed
+    assert 'coe_pool_wait_seconds_count{expert="alpha",pool="dev0"}' in text
 
 
 def test_request_id_header_everywhere(anon: httpx.Client) -> None:

@@ -1,0 +1,88 @@
+"""All pools of a process, built from experts.yaml: the admission object the dispatcher consults.
+
+Experts in no pool pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+
+from coe.errors import ConfigError
+from coe.pool.controllers import CONTROLLERS
+from coe.pool.metrics import PoolMetrics
+from coe.pool.pool import Pool
+
+if TYPE_CHECKING:
+    from coe.experts.schema import CoeConfig
+
+log = logging.getLogger(__name__)
+
+
+class PoolSet:
+    def __init__(self, pools: dict[str, Pool], metrics: PoolMetrics | None = None):
+        self.pools = pools
+        self.metrics = metrics or PoolMetrics()
+        self._by_expert = {e: p for p in pools.values() for e in p.experts}
+
+    def pool_of(self, expert: str) -> Pool | None:
+        return self._by_expert.get(expert)
+
+    def unavailable(self) -> set[str]:
+        """Experts whose last swap failed: routers and fallback may skip them."""
+        return {e for p in self.pools.values() for e in p.unavailable()}
+
+    @asynccontextmanager
+    async def admit(self, expert: str) -> AsyncIterator[None]:
+        pool = self._by_expert.get(expert)
+        if pool is None:
+            yield
+            return
+        async with pool.admit(expert):
+            yield
+
+    async def start(self) -> None:
+        started: list[Pool] = []
+        try:
+            for pool in self.pools.values():
+                await pool.start()
+                started.append(pool)
+        except BaseException:
+            for pool in started:
+                await pool.close()
+            raise
+
+    async def close(self) -> None:
+        for pool in self.pools.values():
+            await pool.close()
+
+
+def build_pools(
+    config: CoeConfig, http: httpx.AsyncClient, metrics: PoolMetrics | None = None
+) -> PoolSet:
+    """Pools and their controllers from the config; no I/O until `start()`."""
+    metrics = metrics or PoolMetrics()
+    pools: dict[str, Pool] = {}
+    for name, spec in config.pools.items():
+        members = [e for e in config.experts if e.pool == name]
+        if not members:
+            log.warning("pool %s has no experts", name)
+            continue
+        controller_cls = CONTROLLERS.get(spec.controller)
+        if controller_cls is None:
+            raise ConfigError(f"pool {name}: unknown controller {spec.controller!r}")
+        controller = controller_cls.from_spec(spec, members, http)
+        pools[name] = Pool(
+            name,
+            controller,
+            [e.name for e in members],
+            spec.capacity,
+            max_wait_s=spec.max_wait_s,
+            retry_after_s=spec.retry_after_s,
+            metrics=metrics,
+        )
+    return PoolSet(pools, metrics)

@@ -1,0 +1,61 @@
+"""A controller that records swaps and takes a little time, to test the scheduler alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import httpx
+
+from coe.errors import UpstreamError
+from coe.experts.schema import ExpertSpec
+from coe.pool import ExpertState, Pool, PoolSpec, SwapController
+
+
+class FakeController(SwapController):
+    kind = "fake"
+
+    def __init__(self, delay_s: float = 0.05, resident: Sequence[str] = ()):
+        self.delay_s = delay_s
+        self.initially = set(resident)
+        self.loaded: set[str] = set()
+        self.log: list[tuple[str, str]] = []
+        self.fail: set[str] = set()
+
+    @classmethod
+    def from_spec(
+        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
+    ) -> FakeController:
+        return cls()
+
+    async def start(self) -> set[str]:
+        self.loaded = set(self.initially)
+        return set(self.initially)
+
+    async def load(self, expert: str) -> None:
+        self.log.append(("load", expert))
+        await asyncio.sleep(self.delay_s)
+        if expert in self.fail:
+            raise UpstreamError(f"fake load of {expert} failed", expert=expert)
+        self.loaded.add(expert)
+
+    async def unload(self, expert: str) -> None:
+        self.log.append(("unload", expert))
+        await asyncio.sleep(self.delay_s)
+        self.loaded.discard(expert)
+
+    def loads(self) -> list[str]:
+        return [e for op, e in self.log if op == "load"]
+
+
+def checked_pool(
+    controller: SwapController, experts: Sequence[str], capacity: int, **kw: float
+) -> Pool:
+    """A pool whose every transition asserts the capacity bound, also on the controller's side."""
+
+    def observe(pool: Pool, expert: str, state: ExpertState) -> None:
+        assert pool.occupied() <= pool.capacity
+        if isinstance(controller, FakeController):
+            assert len(controller.loaded) <= pool.capacity
+
+    return Pool("test", controller, experts, capacity, observer=observe, **kw)
