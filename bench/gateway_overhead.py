@@ -83,11 +83,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--concurrency", default="1,16", help="comma-separated levels (1: per-request overhead)"
+    )
     args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
 
     up_port, gw_port = free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
+    rows: list[tuple[int, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         config = {
             "experts": [
@@ -129,22 +133,13 @@ def main() -> None:
             )
             wait_http(f"http://127.0.0.1:{up_port}/health")
             wait_http(f"http://127.0.0.1:{gw_port}/health")
-            direct = asyncio.run(
-                drive(
-                    f"http://127.0.0.1:{up_port}/v1/chat/completions",
-                    "fast",
-                    args.requests,
-                    args.concurrency,
-                )
-            )
-            routed = asyncio.run(
-                drive(
-                    f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                    "coe/auto",
-                    args.requests,
-                    args.concurrency,
-                )
-            )
+            for level in levels:  # direct and routed back to back at each level
+                for name, port, model in (
+                    ("direct to upstream", up_port, "fast"),
+                    ("through coe/auto", gw_port, "coe/auto"),
+                ):
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    rows.append((level, name, asyncio.run(drive(url, model, args.requests, level))))
         finally:
             for p in procs:
                 p.terminate()
@@ -152,18 +147,21 @@ def main() -> None:
                 p.wait(timeout=10)
 
     print(
-        f"gateway overhead: {args.requests} requests, concurrency {args.concurrency}, "
-        f"{os.cpu_count()} CPUs, loopback, fast test upstream"
+        f"gateway overhead: {args.requests} requests per row, {os.cpu_count()} CPUs, "
+        f"loopback, fast test upstream (client, gateway and upstream share the CPUs)"
     )
-    print(f"{'path':<22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
-    for name, r in (("direct to upstream", direct), ("through coe/auto", routed)):
+    print(f"{'conc':<6}{'path':<22}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}{'errors':>8}")
+    for level, name, r in rows:
         print(
-            f"{name:<22}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}{r['errors']:>8.0f}"
+            f"{level:<6}{name:<22}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['rps']:>10.0f}"
+            f"{r['errors']:>8.0f}"
         )
-    print(
-        f"added p50 latency: {routed['p50_ms'] - direct['p50_ms']:.2f} ms; "
-        f"throughput ratio (coe/direct): {routed['rps'] / direct['rps']:.2f}"
-    )
+    for level in levels:
+        direct, routed = (r for lv, _, r in rows if lv == level)
+        print(
+            f"concurrency {level}: added p50 {routed['p50_ms'] - direct['p50_ms']:.2f} ms, "
+            f"throughput ratio (coe/direct) {routed['rps'] / direct['rps']:.2f}"
+        )
 
 
 if __name__ == "__main__":
