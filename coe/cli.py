@@ -143,7 +143,7 @@ def route(query: str, model: str, config: str | None) -> None:
     from coe.gateway.services import build_services
 
     async def run() -> dict[str, Any]:
-        services = await build_services(_settings(config=config, dev=True))
+        services = await build_services(_settings(config=config), serve_admin=False)
         try:
             engine = services.engine
             decision = await engine.decide(engine.resolve(model), query)

@@ -60,8 +60,10 @@ async def start_all(servers: list[VllmServer], timeout_s: float = 400) -> dict[s
     except BaseException:
         stop_all(servers)
         raise
-    return {**{s.served_name: 0.0 for s in reused},
-            **{s.served_name: w for s, w in zip(servers, waited, strict=True)}}
+    return {
+        **{s.served_name: 0.0 for s in reused},
+        **{s.served_name: w for s, w in zip(servers, waited, strict=True)},
+    }
 
 
 def stop_all(servers: list[VllmServer]) -> None:

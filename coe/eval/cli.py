@@ -1,0 +1,196 @@
+"""`coe eval ...`: measure routers on labelled data; each command prints one JSON line.
+
+The lead wires `eval_group` into the `coe` console script; for direct runs use
+`python -m coe.eval.cli ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coe.routing.data import load_labelled, load_models, load_outcomes
+from coe.routing.encoders import EncoderCache
+
+eval_group = click.Group("eval", help="Evaluate routers on labelled data (real encoders).")
+
+
+def _encoders(encoder: str | None) -> EncoderCache:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return EncoderCache(encoder, memo_size=100_000)
+
+
+def _warm(enc: EncoderCache, texts: list[str], cache: bool) -> None:
+    if cache:
+        from coe.eval.embcache import warm
+
+        warm(enc, texts)
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: use KEY=VALUE", param_hint="--set")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _emit(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(result))
+
+
+common = [
+    click.option("--encoder", help="local sentence-transformers folder (default: MiniLM package)"),
+    click.option("--set", "sets", multiple=True, help="router param override KEY=JSON"),
+    click.option(
+        "--embed-cache/--no-embed-cache",
+        default=True,
+        show_default=True,
+        help="keep embeddings under $COE_CACHE_DIR (outside the repo)",
+    ),
+]
+
+
+def with_common(fn: Any) -> Any:
+    for opt in reversed(common):
+        fn = opt(fn)
+    return fn
+
+
+@eval_group.command("outcomes")
+@click.option("--train", "train_path", required=True, type=click.Path(exists=True))
+@click.option("--test", "test_path", required=True, type=click.Path(exists=True))
+@click.option("--router", "router_name", default="category-outcome", show_default=True)
+@click.option(
+    "--models",
+    "models_path",
+    type=click.Path(exists=True),
+    help="models.json with prices (default: next to --train)",
+)
+@with_common
+def outcomes_cmd(
+    train_path: str,
+    test_path: str,
+    router_name: str,
+    models_path: str | None,
+    encoder: str | None,
+    sets: tuple[str, ...],
+    embed_cache: bool,
+) -> None:
+    """Score the chosen model per query on outcome data (trains on --train only)."""
+    from coe.eval import outcomes
+
+    train, test = load_outcomes(train_path), load_outcomes(test_path)
+    mpath = Path(models_path) if models_path else Path(train_path).with_name("models.json")
+    models = load_models(mpath) if mpath.exists() else {}
+    enc = _encoders(encoder)
+    _warm(enc, [r.text for r in [*train, *test]], embed_cache)
+    router = outcomes.fit_router(router_name, train, models, enc, _overrides(sets))
+    _emit(outcomes.evaluate(router, train, test, models))
+
+
+@eval_group.command("categories")
+@click.option("--train", "train_path", required=True, type=click.Path(exists=True))
+@click.option("--test", "test_path", required=True, type=click.Path(exists=True))
+@click.option("--router", "router_name", default="category", show_default=True)
+@click.option("--train-split", help="rows of this split only (CSV `split` column)")
+@click.option("--test-split")
+@click.option(
+    "--calibrate",
+    "calib_path",
+    type=click.Path(exists=True),
+    help="data to pick the abstention threshold on (never the test data)",
+)
+@click.option("--calibrate-split")
+@with_common
+def categories_cmd(
+    train_path: str,
+    test_path: str,
+    router_name: str,
+    train_split: str | None,
+    test_split: str | None,
+    calib_path: str | None,
+    calibrate_split: str | None,
+    encoder: str | None,
+    sets: tuple[str, ...],
+    embed_cache: bool,
+) -> None:
+    """Category accuracy, per-category accuracy and abstain rate."""
+    from coe.eval import categories
+
+    train = load_labelled(train_path, train_split)
+    test = load_labelled(test_path, test_split)
+    calib = load_labelled(calib_path, calibrate_split) if calib_path else []
+    enc = _encoders(encoder)
+    _warm(enc, [e.text for e in [*train, *test, *calib]], embed_cache)
+    _emit(categories.evaluate(router_name, train, test, enc, calib, _overrides(sets)))
+
+
+@eval_group.command("kfold")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True))
+@click.option("--kind", type=click.Choice(["outcomes", "categories"]), required=True)
+@click.option("--router", "router_name", required=True)
+@click.option("--folds", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--models", "models_path", type=click.Path(exists=True))
+@with_common
+def kfold_cmd(
+    data_path: str,
+    kind: str,
+    router_name: str,
+    folds: int,
+    seed: int,
+    models_path: str | None,
+    encoder: str | None,
+    sets: tuple[str, ...],
+    embed_cache: bool,
+) -> None:
+    """k-fold cross-validation (folds fixed by id and seed); prints the mean and each fold."""
+    from coe.eval.kfold import run_kfold
+
+    enc = _encoders(encoder)
+    _emit(
+        run_kfold(
+            kind,
+            Path(data_path),
+            router_name,
+            enc,
+            folds,
+            seed,
+            Path(models_path) if models_path else None,
+            _overrides(sets),
+            warm=embed_cache,
+        )
+    )
+
+
+@eval_group.command("report")
+@click.option(
+    "--data-dir",
+    default="../shared/data",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+)
+@click.option("--out", default="docs/routing-eval.md", show_default=True)
+@click.option("--folds", default=5, show_default=True)
+@click.option("--encoder")
+@click.option("--bench/--no-bench", default=True, show_default=True, help="include speed")
+def report_cmd(data_dir: str, out: str, folds: int, encoder: str | None, bench: bool) -> None:
+    """Run every router against the baselines and write the markdown report."""
+    from coe.eval.report import write_report
+
+    path = write_report(Path(data_dir), Path(out), _encoders(encoder), folds, bench)
+    click.echo(str(path))
+
+
+if __name__ == "__main__":
+    eval_group()

@@ -1,0 +1,42 @@
+"""A disk cache of sentence embeddings for offline evaluation, outside the repository.
+
+Evaluations re-encode the same thousands of texts for every router and fold; this
+encodes each text once per model and keeps the vectors under `COE_CACHE_DIR`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from coe.routing.encoders import EncoderCache
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("COE_CACHE_DIR") or str(Path.home() / ".cache" / "coe")
+    return Path(base) / "embeddings"
+
+
+def warm(encoders: EncoderCache, texts: Sequence[str]) -> None:
+    """Make every text's vector available in `encoders`' memo, encoding only new ones."""
+    model = encoders.resolve()
+    tag = hashlib.sha1(str(model).encode()).hexdigest()[:10]
+    folder = cache_dir() / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+    known: dict[str, np.ndarray] = {}
+    for f in folder.glob("*.npz"):
+        with np.load(f) as z:
+            known.update(zip(z["keys"].tolist(), z["vecs"], strict=True))
+    todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
+    if todo:
+        vecs = encoders.encode_sync([t for _, t in todo])
+        new_keys = np.array([k for k, _ in todo])
+        name = hashlib.sha1("".join(new_keys.tolist()).encode()).hexdigest()[:12]
+        np.savez(folder / f"{name}.npz", keys=new_keys, vecs=vecs)
+        known.update(zip(new_keys.tolist(), vecs, strict=True))
+    encoders.preload(list(texts), np.stack([known[k] for k in keys]))

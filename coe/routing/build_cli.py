@@ -1,0 +1,158 @@
+"""`coe build ...`: routing artefacts built from data (category map, skill profiles, instructions).
+
+The lead wires `build_group` into the `coe` console script; for direct runs use
+`python -m coe.routing.build_cli ...`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from coe.routing.data import load_models, load_outcomes
+
+build_group = click.Group("build", help="Build routing artefacts from labelled data.")
+
+EXPERT_PROMPT = (
+    "Write one sentence, starting with 'The task is', that describes the kind of request "
+    "the following assistant is best at. Assistant: {description}"
+)
+
+
+def _write(text: str, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@build_group.command("category-map")
+@click.option("--outcomes", "outcomes_path", required=True, type=click.Path(exists=True))
+@click.option(
+    "--models",
+    "models_path",
+    type=click.Path(exists=True),
+    help="models.json with prices (for --budget)",
+)
+@click.option("--budget", type=float, help="only experts costing at most this per Mtok")
+@click.option("--out", help="write the YAML `categories:` block here (default: stdout)")
+@click.option("--scores-out", help="also write {category: {expert: mean score}} JSON here")
+def category_map_cmd(
+    outcomes_path: str,
+    models_path: str | None,
+    budget: float | None,
+    out: str | None,
+    scores_out: str | None,
+) -> None:
+    """Best expert per category (task) by validation score, as experts.yaml `categories:`."""
+    from coe.eval.builders import category_map, category_scores
+
+    rows = load_outcomes(outcomes_path)
+    costs = None
+    if models_path:
+        costs = {m.name: m.cost for m in load_models(models_path).values()}
+    if budget is not None and costs is None:
+        raise click.BadParameter("--budget needs --models", param_hint="--budget")
+    table = category_map(rows, costs, budget)
+    _write(yaml.safe_dump({"categories": table}, sort_keys=True), out)
+    if scores_out:
+        _write(json.dumps(category_scores(rows), indent=1) + "\n", scores_out)
+
+
+@build_group.command("profiles")
+@click.option(
+    "--outcomes",
+    "outcomes_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="validation outcomes (LLMRouter format: query, task, scores)",
+)
+@click.option("--out", required=True, help="profiles JSON for the skills router")
+@click.option("--vocab-size", default=200, show_default=True)
+@click.option("--tag-top", default=3, show_default=True, help="skills per question")
+@click.option("--limit", type=int, help="use only the first N questions")
+@click.option("--encoder", help="local sentence-transformers folder")
+def profiles_cmd(
+    outcomes_path: str,
+    out: str,
+    vocab_size: int,
+    tag_top: int,
+    limit: int | None,
+    encoder: str | None,
+) -> None:
+    """Symbolic-MoE expert profiles (+1/-1 per skill per expert) from validation outcomes."""
+    from coe.eval.builders import build_profiles
+    from coe.routing.encoders import EncoderCache
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = load_outcomes(outcomes_path)[:limit]
+    doc = build_profiles(rows, EncoderCache(encoder), vocab_size=vocab_size, tag_top=tag_top)
+    doc["source"] = {"outcomes": str(outcomes_path), "questions": len(rows)}
+    _write(json.dumps(doc, separators=(",", ":")) + "\n", out)
+
+
+@build_group.command("instructions")
+@click.option("--config", "-c", "config_path", default="experts.yaml", show_default=True)
+@click.option("--writer", help="expert that writes the instructions; none: use descriptions")
+@click.option(
+    "--models",
+    "models_path",
+    type=click.Path(exists=True),
+    help="take descriptions from a models.json instead of experts.yaml",
+)
+@click.option("--out", required=True, help="JSON {expert: instruction}")
+@click.option("--max-tokens", default=48, show_default=True)
+def instructions_cmd(
+    config_path: str, writer: str | None, models_path: str | None, out: str, max_tokens: int
+) -> None:
+    """GLIDER expert instructions, written once from each expert's description."""
+    from coe.experts.schema import load_config
+
+    config = load_config(config_path)
+    if models_path:
+        descriptions = {m.name: m.description for m in load_models(models_path).values()}
+    else:
+        descriptions = {e.name: e.description or e.name for e in config.experts}
+    if writer is None:
+        result = dict(descriptions)
+    else:
+        spec = config.expert(writer)
+        if spec is None:
+            raise click.BadParameter(f"unknown expert {writer!r}", param_hint="--writer")
+        result = asyncio.run(
+            _write_instructions(spec.base_urls()[0], spec.model, descriptions, max_tokens)
+        )
+    _write(json.dumps(result, indent=1) + "\n", out)
+
+
+async def _write_instructions(
+    base_url: str, model: str, descriptions: dict[str, str], max_tokens: int
+) -> dict[str, str]:
+    import httpx
+
+    out = {}
+    async with httpx.AsyncClient(timeout=120) as client:
+        for name, desc in descriptions.items():
+            body: dict[str, Any] = {
+                "model": model,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": EXPERT_PROMPT.format(description=desc)}],
+            }
+            r = await client.post(f"{base_url}/v1/chat/completions", json=body)
+            r.raise_for_status()
+            text = " ".join(str(r.json()["choices"][0]["message"]["content"] or "").split())
+            out[name] = text or desc
+    return out
+
+
+if __name__ == "__main__":
+    build_group()

@@ -1,0 +1,121 @@
+"""Shared pieces of the embedding-based routers: examples, similarity scoring, decisions.
+
+Private (leading underscore), so the plug-in loader does not treat it as a strategy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from coe.errors import ConfigError
+from coe.routing.base import RouteContext, RouterDeps
+from coe.routing.decision import Candidate, RouteDecision
+from coe.routing.encoders import EncoderCache
+
+
+def encoders_of(deps: RouterDeps) -> EncoderCache:
+    enc = deps.encoders
+    if enc is None:
+        raise ConfigError("this router needs an encoder cache (deps.encoders)")
+    if not isinstance(enc, EncoderCache):
+        raise ConfigError(f"deps.encoders must be an EncoderCache, got {type(enc).__name__}")
+    return enc
+
+
+def resolve_path(deps: RouterDeps, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else deps.base_dir / p
+
+
+def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
+    z = x / max(temperature, 1e-6)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+def per_label_topk(
+    sims: np.ndarray, label_idx: np.ndarray, n_labels: int, k: int, aggregate: str
+) -> np.ndarray:
+    """(queries x labels): mean or max of each label's k most similar examples."""
+    out = np.full((sims.shape[0], n_labels), -1.0, dtype=np.float32)
+    for j in range(n_labels):
+        cols = sims[:, label_idx == j]
+        if cols.shape[1] == 0:
+            continue
+        kk = min(k, cols.shape[1])
+        top = -np.partition(-cols, kk - 1, axis=1)[:, :kk]
+        out[:, j] = top.max(axis=1) if aggregate == "max" else top.mean(axis=1)
+    return out
+
+
+def neighbour_outcomes(
+    sims: np.ndarray, scores: np.ndarray, k: int, temperature: float
+) -> np.ndarray:
+    """(queries x experts): similarity-weighted mean of the k nearest examples' scores."""
+    kk = min(k, sims.shape[1])
+    idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+    near = np.take_along_axis(sims, idx, axis=1)
+    w = softmax(near, temperature)
+    pred: np.ndarray = np.einsum("qk,qke->qe", w, scores[idx])
+    return pred
+
+
+def expert_scores(
+    labels: Sequence[str],
+    probs: np.ndarray,
+    ctx: RouteContext,
+    categories: Mapping[str, Sequence[str]],
+) -> dict[str, float]:
+    """Map label probabilities to experts: labels are experts or categories of experts."""
+    out: dict[str, float] = {}
+    for label, p in zip(labels, probs, strict=True):
+        if label in ctx.experts:
+            targets: Sequence[str] = [label]
+        else:
+            targets = categories.get(label, ())
+        live = [e for e in targets if e in ctx.experts]
+        for e in live:  # a category naming several experts shares its mass between them
+            out[e] = out.get(e, 0.0) + float(p) / len(live)
+    return out
+
+
+def labelled_decision(
+    router: str,
+    labels: Sequence[str],
+    raw: np.ndarray,
+    probs: np.ndarray,
+    ctx: RouteContext,
+    categories: Mapping[str, Sequence[str]],
+    thresholds: Mapping[str, float],
+    default_threshold: float | None,
+    what: str,
+) -> RouteDecision:
+    """One query's label scores → a decision, abstaining below the label's threshold."""
+    order = np.argsort(-raw)
+    best = labels[int(order[0])]
+    best_raw = float(raw[order[0]])
+    top = {labels[int(i)]: round(float(raw[i]), 4) for i in order[:5]}
+    limit = thresholds.get(best, default_threshold)
+    if limit is not None and best_raw < limit:
+        return RouteDecision.abstain(
+            router,
+            f"best {what} {best!r} scored {best_raw:.3f} < threshold {limit:.3f}",
+            top=top,
+        )
+    scores = expert_scores(labels, probs, ctx, categories)
+    if not scores:
+        return RouteDecision.abstain(router, f"{what} {best!r} maps to no live expert", top=top)
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    category = None if best in ctx.experts else best
+    return RouteDecision(
+        candidates=tuple(Candidate(e, round(s, 6)) for e, s in ranked),
+        router=router,
+        reason=f"nearest {what} {best!r} (score {best_raw:.3f})",
+        category=category,
+        details={"top": top},
+    )

@@ -1,0 +1,271 @@
+"""CoE two-step routing: classify the query into a category, then map category → expert(s).
+
+Step 1 is kNN / centroid over category examples or a logistic regression on their
+embeddings; step 2 is the `categories` table of experts.yaml. Low confidence (max
+probability below a threshold, or high entropy) goes to the generalist expert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from coe.errors import ConfigError
+from coe.routing.base import RouteContext, Router
+from coe.routing.data import LabelledExample, load_labelled, load_models
+from coe.routing.decision import Candidate, RouteDecision
+
+
+def _load_common() -> Any:
+    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
+    name = "coe_router_plugins_private._common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+_common = _load_common()
+encoders_of = _common.encoders_of
+expert_scores = _common.expert_scores
+per_label_topk = _common.per_label_topk
+resolve_path = _common.resolve_path
+softmax = _common.softmax
+
+
+class CategoryParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    examples: str | None = Field(None, description="JSONL/CSV of (text, category) examples")
+    split: str | None = None
+    routes: dict[str, list[str]] = Field(default_factory=dict, description="inline examples")
+    classifier: Literal["knn", "centroid", "logreg"] = "logreg"
+    k: int = Field(5, ge=1)
+    aggregate: Literal["mean", "max"] = "mean"
+    temperature: float = Field(0.05, gt=0, description="knn/centroid: softmax temperature")
+    C: float = Field(10.0, gt=0, description="logreg: inverse regularisation strength")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="max probability below → generalist")
+    max_entropy: float | None = Field(None, ge=0, le=1, description="normalised entropy above →")
+    min_similarity: float | None = Field(
+        None, ge=-1, le=1, description="nearest example's cosine below → low confidence too"
+    )
+    on_low_confidence: Literal["generalist", "abstain"] = "generalist"
+    generalist: str | None = Field(None, description="default: the config's default_expert")
+    categories: dict[str, list[str]] = Field(default_factory=dict, description="override map")
+    category_scores: str | None = Field(
+        None,
+        description="JSON {category: {expert: mean score}} (`coe build category-map`): "
+        "rank experts by expected score sum_c p(c)*score(c, expert) instead of the table",
+    )
+    cost_lambda: float = Field(0.0, ge=0, description="with category_scores: minus lambda*cost")
+    models_file: str | None = Field(None, description="models.json prices (else expert cost)")
+    encoder: str | None = None
+
+
+class CategoryRouter(Router):
+    type_name = "category"
+    Params = CategoryParams
+    params: CategoryParams
+
+    labels: list[str]
+    _vecs: np.ndarray
+    _centroids: np.ndarray
+    _label_idx: np.ndarray
+    _clf: Any = None
+    _cat_scores: dict[str, dict[str, float]] | None = None
+    _costs: dict[str, float] | None = None
+
+    async def setup(self) -> None:
+        p = self.params
+        if p.category_scores:
+            path = resolve_path(self.deps, p.category_scores)
+            try:
+                self.set_category_scores(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as err:
+                raise ConfigError(f"routers.{self.name}: cannot read {path}: {err}") from None
+        if p.models_file:
+            models = load_models(resolve_path(self.deps, p.models_file))
+            self._costs = {m.name: m.cost for m in models.values()}
+        examples = [
+            LabelledExample(f"{c}-{i}", t, c)
+            for c, ts in p.routes.items()
+            for i, t in enumerate(ts)
+        ]
+        if p.examples:
+            examples += load_labelled(resolve_path(self.deps, p.examples), p.split)
+        if not examples:
+            raise ConfigError(f"routers.{self.name}: give `examples` (a file) or `routes`")
+        await asyncio.to_thread(self.fit, examples)
+
+    def fit(self, examples: Sequence[LabelledExample]) -> None:
+        usable = [e for e in examples if e.label is not None]
+        self.labels = sorted({e.label for e in usable if e.label})
+        if len(self.labels) < 2:
+            raise ConfigError(f"routers.{self.name}: need examples of at least two categories")
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        y = np.array([index[e.label] for e in usable if e.label])
+        x = encoders_of(self.deps).encode_sync([e.text for e in usable], self.params.encoder)
+        self._vecs, self._label_idx = x, y
+        cents = np.stack([x[y == j].mean(axis=0) for j in range(len(self.labels))])
+        self._centroids = cents / np.linalg.norm(cents, axis=1, keepdims=True)
+        if self.params.classifier == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            self._clf = LogisticRegression(C=self.params.C, max_iter=2000).fit(x, y)
+
+    def set_category_scores(
+        self, scores: dict[str, dict[str, float]], costs: dict[str, float] | None = None
+    ) -> None:
+        """Per-category expected score of each expert (from outcome data)."""
+        if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+            raise ConfigError(
+                f"routers.{self.name}: category_scores must map category -> {{expert: score}}"
+            )
+        self._cat_scores = {c: {e: float(x) for e, x in v.items()} for c, v in scores.items()}
+        if costs is not None:
+            self._costs = dict(costs)
+
+    def probabilities(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, nearest-example cosine) per query row."""
+        p = self.params
+        sims = q @ self._vecs.T
+        nearest = sims.max(axis=1)
+        if self._clf is not None:
+            return np.asarray(self._clf.predict_proba(q)), nearest
+        if p.classifier == "centroid":
+            raw = q @ self._centroids.T
+        else:
+            raw = per_label_topk(sims, self._label_idx, len(self.labels), p.k, p.aggregate)
+        return softmax(raw, p.temperature), nearest
+
+    async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
+        return (await self.route_batch([query], ctx))[0]
+
+    async def route_batch(self, queries: Sequence[str], ctx: RouteContext) -> list[RouteDecision]:
+        q = await encoders_of(self.deps).encode(list(queries), self.params.encoder)
+        return self.decide(q, ctx)
+
+    def decide(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
+        probs, nearest = self.probabilities(q)
+        return [self._one(probs[i], float(nearest[i]), ctx) for i in range(probs.shape[0])]
+
+    def _low_confidence(self, probs: np.ndarray, nearest: float) -> str | None:
+        p = self.params
+        top = float(probs.max())
+        if top < p.min_confidence:
+            return f"max probability {top:.2f} < {p.min_confidence}"
+        if p.max_entropy is not None and len(probs) > 1:
+            ent = -float(np.sum(probs * np.log(np.clip(probs, 1e-12, 1)))) / math.log(len(probs))
+            if ent > p.max_entropy:
+                return f"entropy {ent:.2f} > {p.max_entropy}"
+        if p.min_similarity is not None and nearest < p.min_similarity:
+            return f"nearest example cosine {nearest:.2f} < {p.min_similarity}"
+        return None
+
+    def _one(self, probs: np.ndarray, nearest: float, ctx: RouteContext) -> RouteDecision:
+        p = self.params
+        best = int(np.argmax(probs))
+        category = self.labels[best]
+        top = {self.labels[int(i)]: round(float(probs[i]), 4) for i in np.argsort(-probs)[:5]}
+        details: dict[str, Any] = {"probabilities": top, "nearest_similarity": round(nearest, 4)}
+        generalist = p.generalist or ctx.default_expert
+        why = self._low_confidence(probs, nearest)
+        if why is not None:
+            details["low_confidence"] = why
+            if p.on_low_confidence == "abstain":
+                return RouteDecision.abstain(self.name, f"low confidence: {why}", **details)
+            return self._generalist(
+                generalist,
+                ctx,
+                f"low confidence ({why}); generalist {generalist}",
+                category,
+                details,
+            )
+        if self._cat_scores is not None:
+            return self._expected(probs, category, ctx, details)
+        cats = p.categories or ctx.categories
+        scores = expert_scores(self.labels, probs, ctx, cats)
+        mapped = [e for e in cats.get(category, ()) if e in ctx.experts]
+        if not mapped and category not in ctx.experts:
+            details["unmapped"] = category
+            return self._generalist(
+                generalist,
+                ctx,
+                f"category {category!r} has no expert; generalist {generalist}",
+                category,
+                details,
+            )
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        return RouteDecision(
+            candidates=tuple(Candidate(e, round(s, 6)) for e, s in ranked),
+            router=self.name,
+            reason=f"category {category!r} (p={probs[best]:.2f}) → {ranked[0][0]}",
+            category=category,
+            details=details,
+        )
+
+    def _expected(
+        self, probs: np.ndarray, category: str, ctx: RouteContext, details: dict[str, Any]
+    ) -> RouteDecision:
+        """Step 2 from outcome data: expected score sum_c p(c)*score(c, m), minus lambda*cost."""
+        assert self._cat_scores is not None
+        experts = sorted({e for v in self._cat_scores.values() for e in v if e in ctx.experts})
+        if not experts:
+            return RouteDecision.abstain(self.name, "no scored expert is live", **details)
+        table = np.array(
+            [[self._cat_scores.get(c, {}).get(e, 0.0) for e in experts] for c in self.labels]
+        )
+        expected = probs @ table
+        cost = np.array([self._cost(e, ctx) for e in experts])
+        utility = expected - self.params.cost_lambda * cost
+        order = np.argsort(-utility)
+        weights = softmax(utility, self.params.temperature)
+        details["expected_score"] = {
+            experts[int(j)]: round(float(expected[j]), 4) for j in order[:5]
+        }
+        best = experts[int(order[0])]
+        return RouteDecision(
+            candidates=tuple(
+                Candidate(experts[int(j)], round(float(weights[j]), 6)) for j in order
+            ),
+            router=self.name,
+            reason=f"category {category!r} (p={probs.max():.2f}); {best} has the best expected "
+            f"score {expected[order[0]]:.3f}"
+            + (f" at cost weight {self.params.cost_lambda}" if self.params.cost_lambda else ""),
+            category=category,
+            details=details,
+        )
+
+    def _cost(self, expert: str, ctx: RouteContext) -> float:
+        if self._costs and expert in self._costs:
+            return self._costs[expert]
+        spec = ctx.experts.get(expert)
+        return float(spec.cost) if spec is not None else 0.0
+
+    def _generalist(
+        self, expert: str, ctx: RouteContext, reason: str, category: str, details: dict[str, Any]
+    ) -> RouteDecision:
+        if expert not in ctx.experts:
+            return RouteDecision.abstain(
+                self.name, f"{reason}, which is not a live expert", **details
+            )
+        others = [Candidate(e, 0.0) for e in ctx.experts if e != expert]
+        return RouteDecision(
+            candidates=(Candidate(expert, 1.0), *others),
+            router=self.name,
+            reason=reason,
+            category=category,
+            details=details,
+        )

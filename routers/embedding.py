@@ -1,0 +1,221 @@
+"""Embedding router: nearest labelled examples (kNN or centroids), or predicted outcomes.
+
+Labels are experts or categories (mapped to experts through the category table);
+with per-expert outcome scores it predicts each expert's score from the query's
+neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from coe.errors import ConfigError
+from coe.routing.base import RouteContext, Router
+from coe.routing.data import (
+    LabelledExample,
+    OutcomeExample,
+    load_labelled,
+    load_models,
+    load_outcomes,
+)
+from coe.routing.decision import Candidate, RouteDecision
+
+
+def _load_common() -> Any:
+    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
+    name = "coe_router_plugins_private._common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+_common = _load_common()
+encoders_of = _common.encoders_of
+labelled_decision = _common.labelled_decision
+neighbour_outcomes = _common.neighbour_outcomes
+per_label_topk = _common.per_label_topk
+resolve_path = _common.resolve_path
+softmax = _common.softmax
+
+
+class EmbeddingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["knn", "centroid", "outcome"] = "knn"
+    examples: str | None = Field(None, description="JSONL/CSV of labelled or outcome examples")
+    split: str | None = Field(None, description="use only rows of this split (CSV `split`)")
+    routes: dict[str, list[str]] = Field(default_factory=dict, description="inline utterances")
+    k: int = Field(5, ge=1, le=1000)
+    aggregate: Literal["mean", "max"] = "mean"
+    threshold: float | None = Field(None, ge=-1, le=1, description="abstain below (cosine)")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per label")
+    temperature: float = Field(0.05, gt=0, description="softmax temperature for probabilities")
+    categories: dict[str, list[str]] = Field(
+        default_factory=dict, description="label → experts; default: experts.yaml categories"
+    )
+    cost_lambda: float = Field(0.0, ge=0, description="outcome mode: utility = score - λ·cost")
+    models_file: str | None = Field(None, description="models.json with prices (outcome mode)")
+    min_score: float | None = Field(None, description="outcome mode: abstain if best predicted <")
+    encoder: str | None = Field(None, description="local sentence-transformers folder")
+
+
+class EmbeddingRouter(Router):
+    type_name = "embedding"
+    Params = EmbeddingParams
+    params: EmbeddingParams
+
+    labels: list[str]
+    _vecs: np.ndarray
+    _label_idx: np.ndarray
+    _outcomes: np.ndarray
+    _costs: dict[str, float]
+
+    async def setup(self) -> None:
+        p = self.params
+        if p.examples is None and not p.routes:
+            raise ConfigError(f"routers.{self.name}: give `examples` (a file) or `routes`")
+        if p.mode == "outcome":
+            if p.examples is None:
+                raise ConfigError(f"routers.{self.name}: outcome mode needs an outcomes file")
+            rows = load_outcomes(resolve_path(self.deps, p.examples))
+            costs = None
+            if p.models_file:
+                models = load_models(resolve_path(self.deps, p.models_file))
+                costs = {m.name: m.cost for m in models.values()}
+            await asyncio.to_thread(self.fit_outcomes, rows, costs)
+            return
+        examples = [
+            LabelledExample(f"{lab}-{i}", t, lab)
+            for lab, ts in p.routes.items()
+            for i, t in enumerate(ts)
+        ]
+        if p.examples:
+            examples += load_labelled(resolve_path(self.deps, p.examples), p.split)
+        await asyncio.to_thread(self.fit_labelled, examples)
+
+    # -- fitting (also used by offline evaluation, with the same classes that serve) ----------
+    def fit_labelled(self, examples: Sequence[LabelledExample]) -> None:
+        usable = [e for e in examples if e.label is not None]
+        if not usable:
+            raise ConfigError(f"routers.{self.name}: no labelled examples")
+        self.labels = sorted({e.label for e in usable if e.label})
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        self._label_idx = np.array([index[e.label] for e in usable if e.label])
+        vecs = encoders_of(self.deps).encode_sync([e.text for e in usable], self.params.encoder)
+        if self.params.mode == "centroid":
+            cents = np.stack(
+                [vecs[self._label_idx == j].mean(axis=0) for j in range(len(self.labels))]
+            )
+            vecs = cents / np.linalg.norm(cents, axis=1, keepdims=True)
+            self._label_idx = np.arange(len(self.labels))
+        self._vecs = vecs.astype(np.float32)
+
+    def fit_outcomes(
+        self, rows: Sequence[OutcomeExample], costs: dict[str, float] | None = None
+    ) -> None:
+        if not rows:
+            raise ConfigError(f"routers.{self.name}: no outcome examples")
+        self.labels = sorted({m for r in rows for m in r.scores})
+        self._outcomes = np.array(
+            [[r.scores.get(m, 0.0) for m in self.labels] for r in rows], dtype=np.float32
+        )
+        self._vecs = encoders_of(self.deps).encode_sync([r.text for r in rows], self.params.encoder)
+        self._costs = dict(costs or {})
+
+    # -- serving --------------------------------------------------------------------------
+    async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
+        return (await self.route_batch([query], ctx))[0]
+
+    async def route_batch(self, queries: Sequence[str], ctx: RouteContext) -> list[RouteDecision]:
+        q = await encoders_of(self.deps).encode(list(queries), self.params.encoder)
+        return self.decide(q, ctx)
+
+    def decide(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
+        """Decisions for already-encoded queries (unit-norm rows)."""
+        sims = q @ self._vecs.T
+        if self.params.mode == "outcome":
+            return self._decide_outcome(sims, ctx)
+        p = self.params
+        if p.mode == "centroid":
+            raw = sims
+        else:
+            raw = per_label_topk(sims, self._label_idx, len(self.labels), p.k, p.aggregate)
+        probs = softmax(raw, p.temperature)
+        cats = p.categories or ctx.categories
+        return [
+            labelled_decision(
+                self.name,
+                self.labels,
+                raw[i],
+                probs[i],
+                ctx,
+                cats,
+                p.thresholds,
+                p.threshold,
+                "label",
+            )
+            for i in range(raw.shape[0])
+        ]
+
+    def predict_outcomes(self, sims: np.ndarray) -> np.ndarray:
+        return neighbour_outcomes(sims, self._outcomes, self.params.k, self.params.temperature)
+
+    def cost_of(self, expert: str, ctx: RouteContext) -> float:
+        if expert in self._costs:
+            return self._costs[expert]
+        spec = ctx.experts.get(expert)
+        return float(spec.cost) if spec is not None else 0.0
+
+    def _decide_outcome(self, sims: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
+        p = self.params
+        live = [i for i, m in enumerate(self.labels) if m in ctx.experts]
+        if not live:
+            return [
+                RouteDecision.abstain(self.name, "no outcome model is a live expert")
+                for _ in range(sims.shape[0])
+            ]
+        names = [self.labels[i] for i in live]
+        costs = np.array([self.cost_of(m, ctx) for m in names], dtype=np.float32)
+        pred = self.predict_outcomes(sims)[:, live]
+        utility = pred - p.cost_lambda * costs
+        probs = softmax(utility, p.temperature)
+        out = []
+        for i in range(pred.shape[0]):
+            order = np.argsort(-utility[i])
+            best = names[int(order[0])]
+            predicted = {names[int(j)]: round(float(pred[i, j]), 4) for j in order}
+            if p.min_score is not None and float(pred[i].max()) < p.min_score:
+                out.append(
+                    RouteDecision.abstain(
+                        self.name,
+                        f"best predicted score {pred[i].max():.3f} < {p.min_score}",
+                        predicted=predicted,
+                    )
+                )
+                continue
+            out.append(
+                RouteDecision(
+                    candidates=tuple(
+                        Candidate(names[int(j)], round(float(probs[i, j]), 6)) for j in order
+                    ),
+                    router=self.name,
+                    reason=(
+                        f"{best}: predicted score {pred[i, order[0]]:.3f} from {p.k} neighbours"
+                        + (f", cost λ={p.cost_lambda}" if p.cost_lambda else "")
+                    ),
+                    details={"predicted": predicted, "cost_lambda": p.cost_lambda},
+                )
+            )
+        return out

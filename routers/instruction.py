@@ -1,0 +1,168 @@
+"""GLIDER global routing: match an LLM-written task instruction for the query to experts'.
+
+Each expert carries a one-sentence task instruction (a JSON file from `coe build
+instructions`, the store, or its description); the query's instruction is cached by
+query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cosine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from coe.errors import ConfigError
+from coe.routing.base import RouteContext, Router
+from coe.routing.decision import Candidate, RouteDecision
+from coe.routing.encoders import text_hash
+from coe.store import keys
+
+
+def _load_common() -> Any:
+    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
+    name = "coe_router_plugins_private._common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+_common = _load_common()
+encoders_of = _common.encoders_of
+resolve_path = _common.resolve_path
+softmax = _common.softmax
+
+QUERY_PROMPT = (
+    "Write one sentence that describes the task the following request asks for, starting "
+    "with 'The task is'. Do not answer it.\n\nRequest: {query}"
+)
+
+
+class InstructionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instruction_expert: str | None = Field(
+        None, description="expert that writes instructions; none: embed the query itself"
+    )
+    instructions: str | None = Field(None, description="JSON {expert: instruction}")
+    k: int = Field(2, ge=1, le=16)
+    alpha: float = Field(20.0, gt=0, description="softmax(alpha·cosine)")
+    max_tokens: int = Field(32, ge=4, le=256)
+    temperature: float = Field(0.0, ge=0, le=2)
+    cache_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
+    encoder: str | None = None
+
+
+class InstructionRouter(Router):
+    type_name = "instruction"
+    Params = InstructionParams
+    params: InstructionParams
+
+    expert_instructions: dict[str, str]
+    sources: dict[str, str]
+    _names: list[str]
+    _vecs: np.ndarray
+
+    async def setup(self) -> None:
+        found: dict[str, str] = {}
+        if self.params.instructions:
+            path = resolve_path(self.deps, self.params.instructions)
+            try:
+                found = {
+                    str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()
+                }
+            except (OSError, json.JSONDecodeError, AttributeError) as err:
+                raise ConfigError(
+                    f"routers.{self.name}: cannot read instructions {path}: {err}"
+                ) from None
+        stored = await self.deps.store.get(keys.artefact(self.name, "instructions"))
+        if stored:
+            found.update(json.loads(stored))
+        await asyncio.to_thread(self.fit, found)
+
+    def fit(self, instructions: dict[str, str]) -> None:
+        """Expert instructions: given ones, else each configured expert's description."""
+        self.expert_instructions, self.sources = {}, {}
+        for spec in self.deps.config.experts:
+            text = instructions.get(spec.name)
+            source = "instruction"
+            if not text:
+                text, source = spec.description or spec.name, "description"
+            self.expert_instructions[spec.name] = text
+            self.sources[spec.name] = source
+        self._names = list(self.expert_instructions)
+        self._vecs = encoders_of(self.deps).encode_sync(
+            [self.expert_instructions[n] for n in self._names], self.params.encoder
+        )
+
+    async def instruction(self, query: str) -> str:
+        """The query's task instruction, from the store cache or one LLM call."""
+        p = self.params
+        assert p.instruction_expert is not None and self.deps.chat is not None
+        key = keys.instruction_cache(text_hash(f"{p.instruction_expert}\n{query}"))
+        cached = await self.deps.store.get(key)
+        if cached is not None:
+            return cached
+        messages = [{"role": "user", "content": QUERY_PROMPT.format(query=query[:2000])}]
+        text = await self.deps.chat(
+            p.instruction_expert, messages, temperature=p.temperature, max_tokens=p.max_tokens
+        )
+        text = " ".join(text.split()) or query
+        await self.deps.store.set(key, text, ttl_s=p.cache_ttl_s)
+        return text
+
+    async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
+        return (await self.route_batch([query], ctx))[0]
+
+    async def route_batch(self, queries: Sequence[str], ctx: RouteContext) -> list[RouteDecision]:
+        use_llm = self.params.instruction_expert is not None and self.deps.chat is not None
+        texts = [await self.instruction(q) for q in queries] if use_llm else list(queries)
+        vecs = await encoders_of(self.deps).encode(texts, self.params.encoder)
+        return self.decide(vecs, ctx, texts if use_llm else None)
+
+    def decide(
+        self, vecs: np.ndarray, ctx: RouteContext, instructions: Sequence[str] | None = None
+    ) -> list[RouteDecision]:
+        live = [i for i, n in enumerate(self._names) if n in ctx.experts]
+        if not live:
+            return [
+                RouteDecision.abstain(self.name, "no expert with an instruction is live")
+                for _ in range(vecs.shape[0])
+            ]
+        names = [self._names[i] for i in live]
+        cos = vecs @ self._vecs[live].T
+        probs = softmax(self.params.alpha * cos, 1.0)
+        out = []
+        for i in range(vecs.shape[0]):
+            order = np.argsort(-probs[i])
+            how = (
+                "instruction " + repr(instructions[i])
+                if instructions is not None
+                else "no instruction LLM: the query itself is embedded"
+            )
+            out.append(
+                RouteDecision(
+                    candidates=tuple(
+                        Candidate(names[int(j)], round(float(probs[i, j]), 6)) for j in order
+                    ),
+                    router=self.name,
+                    k=min(self.params.k, len(names)),
+                    reason=f"{how}; closest expert instruction: {names[int(order[0])]}",
+                    details={
+                        "instruction": instructions[i] if instructions is not None else None,
+                        "cosine": {names[int(j)]: round(float(cos[i, j]), 4) for j in order},
+                        "expert_instruction_source": {n: self.sources[n] for n in names},
+                    },
+                )
+            )
+        return out

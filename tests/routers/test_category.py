@@ -1,0 +1,129 @@
+"""The CoE two-step category router: classifier, category map, generalist fallback, map CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from coe.eval.builders import category_map, category_scores
+from coe.routing.build_cli import build_group
+from coe.routing.data import LabelledExample, OutcomeExample, load_models
+from coe.routing.encoders import EncoderCache
+
+from .conftest import ctx_of, make_config, make_router
+
+pytestmark = pytest.mark.embed
+
+
+@pytest.mark.parametrize("classifier", ["logreg", "knn", "centroid"])
+async def test_classifies_mmlu_and_maps_to_experts(
+    classifier: str,
+    encoders: EncoderCache,
+    mmlu: tuple[list[LabelledExample], list[LabelledExample]],
+) -> None:
+    train, test = mmlu
+    categories = {
+        "math": ["math-tutor"],
+        "physics": ["math-tutor"],
+        "law": ["lawyer"],
+        "computer science": ["coder"],
+    }
+    config = make_config(["generalist", "math-tutor", "coder", "lawyer"], categories=categories)
+    router = make_router("category", {"classifier": classifier}, config, encoders)
+    router.fit(train)  # type: ignore[attr-defined]
+    ds = await router.route_batch([e.text for e in test], ctx_of(config))
+    acc = np.mean([d.category == e.label for d, e in zip(ds, test, strict=True)])
+    assert acc > 0.45
+    for d in ds:
+        if d.category == "law":
+            assert d.chosen == ["lawyer"] and "law" in d.reason
+        if d.category == "history":  # no expert for history: the generalist, and it says so
+            assert d.chosen == ["generalist"] and "no expert" in d.reason
+
+
+async def test_low_confidence_goes_to_the_generalist(
+    encoders: EncoderCache, mmlu: tuple[list[LabelledExample], list[LabelledExample]]
+) -> None:
+    train, test = mmlu
+    config = make_config(["generalist", "math-tutor"], categories={"math": ["math-tutor"]})
+    sure = make_router("category", {"min_confidence": 0.0}, config, encoders)
+    sure.fit(train)  # type: ignore[attr-defined]
+    strict = make_router("category", {"min_confidence": 0.9}, config, encoders)
+    strict.fit(train)  # type: ignore[attr-defined]
+    entropy = make_router("category", {"max_entropy": 0.05, "classifier": "knn"}, config, encoders)
+    entropy.fit(train)  # type: ignore[attr-defined]
+    math_q = next(e.text for e in test if e.label == "math")
+    assert "generalist" not in (await sure.route(math_q, ctx_of(config))).reason
+    d = await strict.route(math_q, ctx_of(config))
+    assert d.chosen == ["generalist"] and "low confidence" in d.reason
+    assert d.details["low_confidence"].startswith("max probability")
+    e = await entropy.route(math_q, ctx_of(config))
+    assert e.chosen == ["generalist"] and "entropy" in e.reason
+    abstain = make_router(
+        "category", {"min_confidence": 0.9, "on_low_confidence": "abstain"}, config, encoders
+    )
+    abstain.fit(train)  # type: ignore[attr-defined]
+    assert (await abstain.route(math_q, ctx_of(config))).abstained
+
+
+async def test_expected_score_mode_uses_outcome_tables(
+    encoders: EncoderCache,
+    shared_data: Path,
+    outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
+) -> None:
+    train, test = outcomes
+    models = load_models(shared_data / "llmrouter" / "models.json")
+    costs = {m: i.cost for m, i in models.items()}
+    config = make_config(sorted(models), costs=costs)
+    router = make_router("category", {"C": 10.0}, config, encoders)
+    router.fit([LabelledExample(r.id, r.text, r.task) for r in train])  # type: ignore[attr-defined]
+    router.set_category_scores(category_scores(train))  # type: ignore[attr-defined]
+    ds = await router.route_batch([r.text for r in test], ctx_of(config))
+    routed = np.mean([r.scores[d.chosen[0]] for r, d in zip(test, ds, strict=True)])
+    random_score = np.mean([np.mean(list(r.scores.values())) for r in test])
+    assert routed > random_score + 0.05 and "expected" in ds[0].reason
+    cheap = make_router("category", {"C": 10.0, "cost_lambda": 1.0}, config, encoders)
+    cheap.fit([LabelledExample(r.id, r.text, r.task) for r in train])  # type: ignore[attr-defined]
+    cheap.set_category_scores(category_scores(train))  # type: ignore[attr-defined]
+    cheap_ds = await cheap.route_batch([r.text for r in test], ctx_of(config))
+    assert np.mean([costs[d.chosen[0]] for d in cheap_ds]) < np.mean(
+        [costs[d.chosen[0]] for d in ds]
+    )
+
+
+def test_category_map_picks_the_best_expert_per_task(
+    outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
+    shared_data: Path,
+    tmp_path: Path,
+) -> None:
+    train, _ = outcomes
+    table = category_map(train)
+    for task, (winner,) in table.items():
+        rows = [r for r in train if r.task == task]
+        means = {m: np.mean([r.scores[m] for r in rows]) for m in rows[0].scores}
+        assert means[winner] == pytest.approx(max(means.values()))
+    data = shared_data / "llmrouter"
+    result = CliRunner().invoke(
+        build_group,
+        [
+            "category-map",
+            "--outcomes",
+            str(data / "train.jsonl"),
+            "--models",
+            str(data / "models.json"),
+            "--budget",
+            "0.2",
+            "--scores-out",
+            str(tmp_path / "s.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    doc = yaml.safe_load(result.output.split("wrote")[0])
+    costs = {m: i.cost for m, i in load_models(data / "models.json").items()}
+    assert len(doc["categories"]) == 14
+    assert all(costs[e] <= 0.2 for experts in doc["categories"].values() for e in experts)
+    assert (tmp_path / "s.json").exists()
