@@ -8,12 +8,9 @@ probability below a threshold, or high entropy) goes to the generalist expert.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -24,25 +21,13 @@ from coe.routing.base import RouteContext, Router
 from coe.routing.data import LabelledExample, load_labelled, load_models
 from coe.routing.decision import Candidate, RouteDecision
 
-
-def _load_common() -> Any:
-    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
-    name = "coe_router_plugins_private._common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-_common = _load_common()
-encoders_of = _common.encoders_of
-expert_scores = _common.expert_scores
-per_label_topk = _common.per_label_topk
-resolve_path = _common.resolve_path
-softmax = _common.softmax
+from ._common import (
+    encoders_of,
+    expert_scores,
+    per_label_topk,
+    resolve_path,
+    softmax,
+)
 
 
 class CategoryParams(BaseModel):

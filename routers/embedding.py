@@ -8,11 +8,8 @@ neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,26 +25,14 @@ from coe.routing.data import (
 )
 from coe.routing.decision import Candidate, RouteDecision
 
-
-def _load_common() -> Any:
-    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
-    name = "coe_router_plugins_private._common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-_common = _load_common()
-encoders_of = _common.encoders_of
-labelled_decision = _common.labelled_decision
-neighbour_outcomes = _common.neighbour_outcomes
-per_label_topk = _common.per_label_topk
-resolve_path = _common.resolve_path
-softmax = _common.softmax
+from ._common import (
+    encoders_of,
+    labelled_decision,
+    neighbour_outcomes,
+    per_label_topk,
+    resolve_path,
+    softmax,
+)
 
 
 class EmbeddingParams(BaseModel):

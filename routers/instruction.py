@@ -8,12 +8,8 @@ query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cos
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,23 +20,11 @@ from coe.routing.decision import Candidate, RouteDecision
 from coe.routing.encoders import text_hash
 from coe.store import keys
 
-
-def _load_common() -> Any:
-    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
-    name = "coe_router_plugins_private._common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-_common = _load_common()
-encoders_of = _common.encoders_of
-resolve_path = _common.resolve_path
-softmax = _common.softmax
+from ._common import (
+    encoders_of,
+    resolve_path,
+    softmax,
+)
 
 QUERY_PROMPT = (
     "Write one sentence that describes the task the following request asks for, starting "

@@ -8,14 +8,11 @@ Weight w_m = S(m, q) · gamma_m with gamma the sharpened global competence (DESI
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import random
 import re
-import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,22 +24,10 @@ from coe.routing.decision import Candidate, RouteDecision
 from coe.routing.encoders import text_hash
 from coe.store import keys
 
-
-def _load_common() -> Any:
-    # Plug-ins are loaded by path, outside any package, so the private helper module is too.
-    name = "coe_router_plugins_private._common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("_common.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-_common = _load_common()
-encoders_of = _common.encoders_of
-resolve_path = _common.resolve_path
+from ._common import (
+    encoders_of,
+    resolve_path,
+)
 
 KEYWORD_PROMPT = (
     "List 2 to 5 short keywords naming the knowledge or skills needed to answer the "

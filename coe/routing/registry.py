@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import logging
 import sys
+import types
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,28 @@ class RouterRegistry:
         return cls(name, parsed, deps)
 
 
+PLUGIN_ROOT = "coe_router_plugins"
+
+
+def _folder_package(folder: Path) -> str:
+    """A package over a plug-in folder, so plug-ins can share private helpers with
+    `from ._helper import x`; the folder's hash keeps two folders' `keyword.py` apart."""
+    if PLUGIN_ROOT not in sys.modules:
+        root = types.ModuleType(PLUGIN_ROOT)
+        root.__path__ = []
+        sys.modules[PLUGIN_ROOT] = root
+    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
+    name = f"{PLUGIN_ROOT}.p{digest}"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [str(folder)]
+        package.__package__ = name
+        sys.modules[name] = package
+    return name
+
+
 def _load_module(path: Path) -> Any:
-    # The path's hash keeps two folders' `keyword.py` apart.
-    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-    mod_name = f"coe_router_plugins.{path.stem}_{digest}"
+    mod_name = f"{_folder_package(path.parent)}.{path.stem}"
     if mod_name in sys.modules:
         return sys.modules[mod_name]
     spec = importlib.util.spec_from_file_location(mod_name, path)

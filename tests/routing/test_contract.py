@@ -89,6 +89,23 @@ def test_registry_loads_plugins_by_path(tmp_path: Path) -> None:
         reg.get("nope")
 
 
+def test_plugins_share_private_helpers(tmp_path: Path) -> None:
+    (tmp_path / "_shared.py").write_text("WORD = 'shared'\n")
+    (tmp_path / "uses_helper.py").write_text(
+        PLUGIN.replace('"keyword"', '"helped"')
+        .replace(
+            "from coe.routing.base import Router",
+            "from coe.routing.base import Router\nfrom ._shared import WORD",
+        )
+        .replace('reason=f"saw {self.params.word!r}"', "reason=WORD")
+    )
+    reg = RouterRegistry()
+    reg.load_dir(tmp_path)
+    assert reg.types() == ["helped"]
+    module = __import__(reg.get("helped").__module__, fromlist=["WORD"])
+    assert module.WORD == "shared"
+
+
 def test_broken_plugin_fails_clearly(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import not_a_module_anywhere\n")
     with pytest.raises(ConfigError, match=r"broken\.py: failed to import"):
