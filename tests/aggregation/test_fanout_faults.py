@@ -147,6 +147,7 @@ def test_first_success_wins_and_the_rest_are_cancelled(
 ) -> None:
     ups["e0"].fault = Fault(delay_s=1.0)
     ups["e1"].fault = Fault(mode="status", status=500)
+    ups["e2"].fault = Fault(delay_s=0.2)  # e1's quick failure lands first, e2 then wins
     started = time.monotonic()
     r = ask(http, "first")
     assert time.monotonic() - started < 0.9
