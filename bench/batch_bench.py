@@ -19,11 +19,11 @@ import uuid
 from pathlib import Path
 
 import httpx
-import redis
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import REPO, free_port, wait_http
+from coe.testing.net import delete_prefix, free_port, wait_healthy
+
+REPO = Path(__file__).resolve().parent.parent
 
 REDIS_URL = os.environ.get("COE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -67,8 +67,8 @@ def run_once(lines: int, workers: int, tmp: Path) -> dict[str, float]:
         ),
     ]
     try:
-        wait_http(f"http://127.0.0.1:{up_port}/health")
-        wait_http(f"http://127.0.0.1:{gw_port}/health")
+        wait_healthy(f"http://127.0.0.1:{up_port}")
+        wait_healthy(f"http://127.0.0.1:{gw_port}")
         procs += [
             subprocess.Popen(
                 [sys.executable, "-m", "coe.cli", "worker", "--name", f"w{i}"], env=env
@@ -113,10 +113,7 @@ def run_once(lines: int, workers: int, tmp: Path) -> dict[str, float]:
             p.terminate()
         for p in procs:
             p.wait(timeout=20)
-        client = redis.Redis.from_url(REDIS_URL)
-        stale = list(client.scan_iter(match=prefix + "*"))
-        if stale:
-            client.delete(*stale)
+        delete_prefix(REDIS_URL, prefix)
 
 
 def main() -> None:

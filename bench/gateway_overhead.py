@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,26 +22,10 @@ from pathlib import Path
 import httpx
 import yaml
 
+from coe.testing.net import free_port, wait_healthy
+
 REPO = Path(__file__).resolve().parent.parent
 BODY = {"messages": [{"role": "user", "content": "How fast is the gateway?"}], "max_tokens": 16}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def drive(url: str, model: str, n: int, concurrency: int) -> dict[str, float]:
@@ -131,8 +114,8 @@ def main() -> None:
                     env=env,
                 )
             )
-            wait_http(f"http://127.0.0.1:{up_port}/health")
-            wait_http(f"http://127.0.0.1:{gw_port}/health")
+            wait_healthy(f"http://127.0.0.1:{up_port}")
+            wait_healthy(f"http://127.0.0.1:{gw_port}")
             for level in levels:  # direct and routed back to back at each level
                 for name, port, model in (
                     ("direct to upstream", up_port, "fast"),

@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import REPO, free_port, wait_http
+from coe.testing.net import free_port, wait_healthy
+
+REPO = Path(__file__).resolve().parent.parent
 
 FAULTS = [  # (expert, share of requests answered with 500)
     ("alpha", 0.2),
@@ -139,7 +140,7 @@ def main() -> None:
                 )
             )
             for port in [*ports.values(), gw_port]:
-                wait_http(f"http://127.0.0.1:{port}/health")
+                wait_healthy(f"http://127.0.0.1:{port}")
             for name, share in FAULTS:
                 if share:
                     httpx.post(

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import itertools
 import random
-import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,15 +25,10 @@ from coe.experts.schema import CoeConfig, parse_config
 from coe.local.model import ensure_smollm2
 from coe.local.vllm_server import VllmServer
 from coe.pool import OfflineSchedule, Pool, PoolMetrics, build_pools, run_in_order
+from coe.testing.net import free_port
 
 EXPERTS = ["e0", "e1", "e2"]
 LOG_DIR = Path(tempfile.gettempdir())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_config() -> CoeConfig:

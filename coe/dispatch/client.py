@@ -129,7 +129,8 @@ class ExpertClient:
                     if not err.retryable:
                         raise
                     replicas.failed(replica)
-                    log.warning("expert %s replica %s failed: %s", expert.name, replica.url, err)
+                    # INFO: the caller (fallback) warns once per expert it gives up on
+                    log.info("expert %s replica %s failed: %s", expert.name, replica.url, err)
                     continue
                 finally:
                     replica.inflight -= 1
@@ -209,7 +210,7 @@ class ExpertClient:
                 replicas.succeeded(replica)
                 return first, stream
             replicas.failed(replica)
-            log.warning("expert %s replica %s failed to stream: %s", expert.name, replica.url, last)
+            log.info("expert %s replica %s failed to stream: %s", expert.name, replica.url, last)
         assert last is not None
         raise last
 

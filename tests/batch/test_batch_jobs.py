@@ -22,6 +22,7 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream, Fault
+from coe.testing.net import delete_prefix
 from coe.testing.server import ServedApp
 
 pytestmark = pytest.mark.redis
@@ -108,12 +109,7 @@ class Deployment:
             p.wait(timeout=20)
         self.http.close()
         self.server.stop()
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        stale = list(client.scan_iter(match=self.prefix + "*"))
-        if stale:
-            client.delete(*stale)
+        delete_prefix(REDIS_URL, self.prefix)
 
 
 def fake_config(urls: list[str]) -> dict[str, Any]:

@@ -14,13 +14,9 @@ import httpx
 import pytest
 import yaml
 
+from coe.testing.net import free_port, wait_healthy
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +44,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "coe.cli", "serve", "-c", str(cfg), "--port", str(port)], env=env
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+    wait_healthy(f"http://127.0.0.1:{port}")
     yield port
     proc.terminate()
     proc.wait(timeout=15)

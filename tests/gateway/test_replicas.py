@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream
+from coe.testing.net import delete_prefix, free_port, wait_healthy
 from coe.testing.server import ServedApp
 from coe.testing.tcp_proxy import TcpProxy
 
@@ -31,12 +31,6 @@ MSG = [{"role": "user", "content": "hi"}]
 REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def config_dict(url: str) -> dict:
     return {
         "experts": [{"name": "alpha", "model": "m", "endpoints": [url]}],
@@ -44,17 +38,6 @@ def config_dict(url: str) -> dict:
         "pipelines": {"auto": {"routers": ["default"]}},
         "routers_dirs": [str(REPO / "routers")],
     }
-
-
-def wait_up(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not start")
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +73,14 @@ def two_gateways(
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         for u in urls:
-            wait_up(u)
+            wait_healthy(u)
         yield urls
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=15)
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        stale = list(client.scan_iter(match=prefix + "*"))
-        if stale:
-            client.delete(*stale)
+        delete_prefix(REDIS_URL, prefix)
 
 
 def model_ids(url: str) -> set[str]:
@@ -189,10 +167,4 @@ async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
     finally:
         await asyncio.to_thread(server.stop)
         await proxy.cut()
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(REDIS_URL)
-        stale = [k async for k in client.scan_iter(match=prefix + "*")]
-        if stale:
-            await client.delete(*stale)
-        await client.aclose()
+        await asyncio.to_thread(delete_prefix, REDIS_URL, prefix)

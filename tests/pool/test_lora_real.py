@@ -16,7 +16,7 @@ from coe.errors import ConfigError
 from coe.experts.schema import parse_config
 from coe.pool import ExpertState, OfflineSchedule, Pool, build_pools
 from coe.pool.controllers import SleepController
-from tests.conftest import free_port
+from coe.testing.net import free_port
 
 pytestmark = pytest.mark.vllm
 
