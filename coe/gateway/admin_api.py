@@ -98,7 +98,7 @@ async def reload_config(
     engine = await services.reload_config()
     if body is not None and body.reseed_experts:
         await services.registry.seed(services.config, overwrite=True)
-    await services.store.publish(keys.CONFIG_RELOAD_CHANNEL, str(time.time()))
+    await services.store.publish(keys.CONFIG_RELOAD_CHANNEL, services.replica_id)
     return {
         "pipelines": list(engine.pipelines),
         "routers": sorted(engine.routers),

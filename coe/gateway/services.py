@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Services:
     encoders: Any = None
     pools: PoolSet | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def start_background(self) -> None:
         """Follow registry, key and config notices from other replicas (and poll as a net)."""
@@ -57,7 +59,9 @@ class Services:
         async def on_keys(_: str) -> None:
             await self.api_keys.refresh()
 
-        async def on_reload(_: str) -> None:
+        async def on_reload(sender: str) -> None:
+            if sender == self.replica_id:  # this replica reloaded before it told the others
+                return
             try:
                 await self.reload_config()
             except ConfigError as err:  # the previous config keeps serving

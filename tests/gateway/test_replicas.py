@@ -74,7 +74,7 @@ def two_gateways(
     try:
         for u in urls:
             wait_healthy(u)
-        yield urls
+        yield [*urls, str(cfg)]
     finally:
         for p in procs:
             p.terminate()
@@ -97,7 +97,7 @@ def eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untype
 
 
 def test_changes_reach_the_other_replica(two_gateways: list[str], upstream: FakeUpstream) -> None:
-    a, b = two_gateways
+    a, b, cfg = two_gateways
     new = {"name": "gamma", "model": "m", "endpoints": [upstream.base_url]}
     assert httpx.post(f"{a}/admin/experts", json=new, headers=ADMIN).status_code == 201
     # pub/sub, not the 30 s poll, carries the change
@@ -110,6 +110,13 @@ def test_changes_reach_the_other_replica(two_gateways: list[str], upstream: Fake
     key = httpx.post(f"{a}/admin/keys", json={"name": "shared"}, headers=ADMIN).json()
     listed = httpx.get(f"{b}/admin/keys", headers=ADMIN).json()["data"]
     assert key["id"] in [k["id"] for k in listed]
+    # a routing-config reload asked of one replica reaches the other (both read the file)
+    data = yaml.safe_load(Path(cfg).read_text())
+    data["pipelines"]["wide"] = {"routers": ["default"], "k": 2}
+    Path(cfg).write_text(yaml.safe_dump(data))
+    reloaded = httpx.post(f"{a}/admin/reload", headers=ADMIN)
+    assert reloaded.status_code == 200 and "wide" in reloaded.json()["pipelines"]
+    assert eventually(lambda: "coe/wide" in model_ids(b), timeout_s=3)
 
 
 async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
