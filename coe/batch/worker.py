@@ -91,14 +91,20 @@ class BatchWorker:
     async def route_range(self, unit: Unit) -> None:
         engine = self.engine()
         routes_key = keys.batch_routes(unit.job_id)
-        for index in range(unit.start, unit.end):
-            if await self.store.hget(routes_key, str(index)) is not None:
-                await self.jobs.settle(unit.job_id, index)
+        fields = [str(i) for i in range(unit.start, unit.end)]
+        # One read per hash for the whole range, not a round trip per line and hash.
+        routed = await self.store.hmget(routes_key, fields)
+        answered = await self.store.hmget(keys.batch_results(unit.job_id), fields)
+        items = await self.store.hmget(keys.batch_items(unit.job_id), fields)
+        for index, route_raw, result_raw, item_raw in zip(
+            range(unit.start, unit.end), routed, answered, items, strict=True
+        ):
+            if route_raw is not None or result_raw is not None:
+                await self.jobs.settle(unit.job_id, index)  # done before a crash
                 continue
-            if await self.jobs.has_result(unit.job_id, index):
-                await self.jobs.settle(unit.job_id, index)
-                continue
-            custom_id, body = await self.jobs.item(unit.job_id, index)
+            assert item_raw is not None
+            item = json.loads(item_raw)
+            custom_id, body = item["custom_id"], item["body"]
             assert body is not None  # bad lines were answered at submission
             try:
                 target = engine.resolve(str(body.get("model", "")))
