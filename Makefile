@@ -28,8 +28,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check coe routers tests bench
-	$(BIN)/ruff format --check coe routers tests bench
+	$(BIN)/ruff check coe routers tests bench tools
+	$(BIN)/ruff format --check coe routers tests bench tools
 	$(BIN)/mypy
 
 bench: setup

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 from coe.config import Settings  # noqa: E402 - after the path set-up, for a bare checkout
 from coe.experts.schema import CoeConfig  # noqa: E402
 from coe.gateway import create_app  # noqa: E402
-from coe.testing.server import ServedApp  # noqa: E402
+from tests.support.server import ServedApp  # noqa: E402
 
 PROMPTS = {
     "generalist": None,

@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from coe.testing.net import delete_prefix, free_port, wait_healthy
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.net import delete_prefix, free_port, wait_healthy  # noqa: E402 - after the path set-up
 
 REDIS_URL = os.environ.get("COE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -22,9 +22,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from coe.testing.net import free_port, wait_healthy
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.net import free_port, wait_healthy  # noqa: E402 - after the path set-up
+
 BODY = {"messages": [{"role": "user", "content": "How fast is the gateway?"}], "max_tokens": 16}
 
 

@@ -23,9 +23,10 @@ from pathlib import Path
 import httpx
 import yaml
 
-from coe.testing.net import free_port, wait_healthy
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.net import free_port, wait_healthy  # noqa: E402 - after the path set-up
 
 FAULTS = [  # (expert, share of requests answered with 500)
     ("alpha", 0.2),

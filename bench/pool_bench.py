@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import itertools
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,12 @@ from coe.experts.schema import CoeConfig, parse_config
 from coe.local.model import ensure_smollm2
 from coe.local.vllm_server import VllmServer
 from coe.pool import OfflineSchedule, Pool, PoolMetrics, build_pools, run_in_order
-from coe.testing.net import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.support.net import free_port  # noqa: E402 - after the path set-up
+from tools.lora_adapters import make_random_adapters  # noqa: E402
 
 EXPERTS = ["e0", "e1", "e2"]
 LOG_DIR = Path(tempfile.gettempdir())
@@ -161,8 +167,6 @@ async def bench(
     if controller == "process":
         cfg = process_config()
     else:
-        from coe.pool.adapters import make_random_adapters
-
         base = ensure_smollm2()
         server = VllmServer(
             base,
@@ -178,7 +182,7 @@ async def bench(
         if server is not None:
             tmp = Path(tempfile.mkdtemp(prefix="coe-bench-lora-"))
             adapters = make_random_adapters(base, tmp, [f"ad-{e}" for e in EXPERTS])
-            await server.wait_healthy(timeout_s=400)
+            await server.wait_healthy()
             cfg = lora_config(server.base_url, adapters)
         out = []
         for label, runner in (

@@ -19,12 +19,20 @@
         ├── ExpertUnavailable       503   expert_unavailable  a pool could not swap it in (retried)
         └── AllExpertsFailed        502   upstream_error      every candidate failed (keeps all)
 
-The gateway turns any CoeError into OpenAI's error shape with `to_openai()`.
+The gateway turns any CoeError into OpenAI's error shape with `to_openai()`; `error_body`
+builds that shape for errors raised outside the tree (HTTP, validation, middleware).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object; every error we send, as a response or a stream event, is one."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 class CoeError(Exception):
@@ -40,14 +48,7 @@ class CoeError(Exception):
             self.code = code
 
     def to_openai(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return error_body(self.message, self.error_type, param=self.param, code=self.code)
 
 
 class ConfigError(CoeError):

@@ -1,23 +1,31 @@
-"""Route → dispatch → aggregate, with no web imports: the gateway and batch jobs share it."""
+"""Route → dispatch → aggregate, with no web imports: `Engine` is the one way to answer, for
+the chat endpoint, batch workers and the CLI alike."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coe.aggregation import Aggregation
-from coe.dispatch import ExpertClient, Failure, complete_ranked, stream_ranked
-from coe.errors import InvalidRequest, ModelNotFound, RoutingError
+from coe.aggregation import Aggregation, ExpertAnswer
+from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
+from coe.errors import (
+    CoeError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    RoutingError,
+    UpstreamError,
+)
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import AggregationSpec, CoeConfig, ExpertSpec, PipelineSpec
 from coe.routing.base import RouteContext, Router, RouterDeps
 from coe.routing.decision import Candidate, RouteDecision
 from coe.routing.dynamic_k import dynamic_k
-from coe.routing.registry import RouterRegistry
+from coe.routing.registry import RouterRegistry, router_specs
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -48,32 +56,14 @@ class Plan:
     def fans_out(self) -> bool:
         return self.decision.k > 1
 
-
-@dataclass
-class Completion:
-    """`expert` wrote the text; with k > 1, `aggregation` is the fan-out's part of `coe`."""
-
-    response: dict[str, Any]
-    decision: RouteDecision
-    expert: str
-    failures: list[Failure] = field(default_factory=list)
-    route_ms: float = 0.0
-    experts: list[str] = field(default_factory=list)  # every expert that answered
-    aggregator: str | None = None
-    aggregation: dict[str, Any] | None = None
-
-
-@dataclass
-class StreamStart:
-    first: dict[str, Any]
-    rest: AsyncIterator[dict[str, Any]]
-    decision: RouteDecision
-    expert: str
-    failures: list[Failure] = field(default_factory=list)
-    route_ms: float = 0.0
-    experts: list[str] = field(default_factory=list)
-    aggregator: str | None = None
-    aggregation: dict[str, Any] | None = None
+    def to_dict(self) -> dict[str, Any]:
+        """What a batch job stores between phases; `Engine.restore` reads it back."""
+        return {
+            "decision": self.decision.to_dict(),
+            "pipeline": self.target.pipeline,
+            "expert": self.target.expert,
+            "route_ms": self.route_ms,
+        }
 
 
 def query_text(messages: list[dict[str, Any]]) -> str:
@@ -93,7 +83,9 @@ def query_text(messages: list[dict[str, Any]]) -> str:
 
 
 class Engine:
-    """Holds the routers and pipelines; one per process, built by `build_engine`."""
+    """The one way to answer: route, dispatch, fan out and aggregate. One per process (and
+    per config reload), built by `build_engine`; the chat endpoint, batch workers and any
+    batch engine call these methods and nothing below them."""
 
     def __init__(
         self,
@@ -111,10 +103,6 @@ class Engine:
         }
 
     # -- naming ---------------------------------------------------------------------------
-    def model_ids(self) -> list[str]:
-        ids = [AUTO] + [MODEL_PREFIX + name for name in self.pipelines]
-        return [*dict.fromkeys(ids), *self.registry.snapshot()]
-
     def resolve(self, model: str) -> Target:
         if model == AUTO:
             return Target(pipeline=self.config.default_pipeline)
@@ -144,130 +132,137 @@ class Engine:
     async def decide(
         self, target: Target, query: str, request_id: str | None = None
     ) -> RouteDecision:
+        """One query through the target's routers, in order, until one does not abstain."""
         ctx = self.context(request_id)
         if target.expert is not None:
-            return RouteDecision(
-                candidates=(Candidate(target.expert, 1.0),),
-                router="direct",
-                reason=f"the request named expert {target.expert}",
-            )
+            return _direct(target.expert)
         assert target.pipeline is not None
         spec = self.pipelines[target.pipeline]
         tried: list[str] = []
         for router_name in spec.routers:
-            router = self.routers[router_name]
-            decision = await router.route(query, ctx)
-            if decision.abstained:
-                tried.append(f"{router_name}: {decision.reason}")
-                continue
-            live = self._live_only(decision, ctx.experts)
-            if live is None:
-                tried.append(f"{router_name}: none of its candidates is registered")
-                continue
-            decision = live
-            if tried:
-                decision = _with_note(decision, "fell back after " + "; ".join(tried))
-            if spec.dynamic_k is not None:
-                return dynamic_k(decision, spec.dynamic_k.tau, spec.dynamic_k.max_k)
-            # A pipeline's explicit k wins; otherwise a router may recruit several experts.
-            k = spec.k if "k" in spec.model_fields_set else decision.k
-            return decision.with_k(min(k, len(decision.candidates)))
-        raise RoutingError(
-            f"pipeline {target.pipeline!r}: every router abstained ({'; '.join(tried)})"
-        )
+            decision = await self.routers[router_name].route(query, ctx)
+            final = _settle(decision, router_name, spec, ctx.experts, tried)
+            if final is not None:
+                return final
+        raise _all_abstained(target.pipeline, tried)
 
-    @staticmethod
-    def _live_only(
-        decision: RouteDecision, experts: Mapping[str, ExpertSpec]
-    ) -> RouteDecision | None:
-        live = tuple(c for c in decision.candidates if c.expert in experts)
-        if not live:
-            return None
-        if len(live) == len(decision.candidates):
-            return decision
-        return RouteDecision(
-            candidates=live,
-            router=decision.router,
-            reason=decision.reason,
-            k=min(decision.k, len(live)),
-            category=decision.category,
-            details=decision.details,
-        )
+    async def decide_many(
+        self, target: Target, queries: Sequence[str]
+    ) -> list[RouteDecision | RoutingError]:
+        """Many queries with one target at once: each router sees every query still
+        unrouted in one `route_batch` call (embeddings are encoded together)."""
+        if target.expert is not None:
+            return [_direct(target.expert) for _ in queries]
+        assert target.pipeline is not None
+        ctx = self.context()
+        spec = self.pipelines[target.pipeline]
+        out: list[RouteDecision | RoutingError | None] = [None] * len(queries)
+        tried: list[list[str]] = [[] for _ in queries]
+        pending = list(range(len(queries)))
+        for router_name in spec.routers:
+            if not pending:
+                break
+            decisions = await self.routers[router_name].route_batch(
+                [queries[i] for i in pending], ctx
+            )
+            still = []
+            for i, decision in zip(pending, decisions, strict=True):
+                final = _settle(decision, router_name, spec, ctx.experts, tried[i])
+                if final is None:
+                    still.append(i)
+                else:
+                    out[i] = final
+            pending = still
+        for i in pending:
+            out[i] = _all_abstained(target.pipeline, tried[i])
+        return [o for o in out if o is not None]
 
-    # -- generation -----------------------------------------------------------------------
     async def plan(self, body: dict[str, Any], request_id: str | None = None) -> Plan:
         """Resolve the model and route the query; k > 1 means a fan-out."""
         target = self.resolve(str(body.get("model", "")))
         started = time.perf_counter()
         decision = await self.decide(target, query_text(body["messages"]), request_id)
-        route_ms = (time.perf_counter() - started) * 1000
-        spec = (
-            self.pipelines[target.pipeline].aggregation
-            if target.pipeline is not None
-            else AggregationSpec()
-        )
+        return self._plan(target, decision, (time.perf_counter() - started) * 1000)
+
+    async def plan_many(self, bodies: Sequence[dict[str, Any]]) -> list[Plan | CoeError]:
+        """Route a batch of requests, grouped by target so routers batch their work. A line
+        that cannot be routed gets its error in its place; the others go on."""
+        out: list[Plan | CoeError | None] = [None] * len(bodies)
+        groups: dict[Target, list[tuple[int, str]]] = {}
+        for i, body in enumerate(bodies):
+            try:
+                target = self.resolve(str(body.get("model", "")))
+                groups.setdefault(target, []).append((i, query_text(body["messages"])))
+            except CoeError as err:
+                out[i] = err
+        for target, members in groups.items():
+            started = time.perf_counter()
+            decisions = await self.decide_many(target, [q for _, q in members])
+            each_ms = (time.perf_counter() - started) * 1000 / len(members)
+            for (i, _), decision in zip(members, decisions, strict=True):
+                out[i] = (
+                    decision
+                    if isinstance(decision, CoeError)
+                    else self._plan(target, decision, each_ms)
+                )
+        return [o for o in out if o is not None]
+
+    def restore(self, stored: Mapping[str, Any]) -> Plan:
+        """A plan stored by `Plan.to_dict` (in an earlier phase, maybe in another process)."""
+        target = Target(pipeline=stored.get("pipeline"), expert=stored.get("expert"))
+        decision = RouteDecision.from_dict(stored["decision"])
+        return self._plan(target, decision, float(stored.get("route_ms") or 0.0))
+
+    def _plan(self, target: Target, decision: RouteDecision, route_ms: float) -> Plan:
+        pipeline = self.pipelines.get(target.pipeline or "")
+        spec = pipeline.aggregation if pipeline is not None else AggregationSpec()
         return Plan(target=target, decision=decision, aggregation=spec, route_ms=route_ms)
 
-    async def complete(
-        self, body: dict[str, Any], request_id: str | None = None, plan: Plan | None = None
-    ) -> Completion:
-        plan = plan or await self.plan(body, request_id)
-        decision = plan.decision
+    # -- answering ------------------------------------------------------------------------
+    async def complete(self, plan: Plan, body: dict[str, Any]) -> Answer:
+        """A whole answer: the ranked experts in turn, or the fan-out and its aggregation."""
         if plan.fans_out:
-            out = await self._aggregation(plan).run(
-                body, query_text(body["messages"]), stream=False
-            )
-            assert out.response is not None
-            response = {**out.response, "usage": out.usage()}
-            return Completion(
-                response=response,
-                decision=decision,
-                expert=out.expert,
-                failures=out.failures,
-                route_ms=plan.route_ms,
-                experts=out.answered,
-                aggregator=out.aggregator,
-                aggregation=out.meta(),
-            )
-        answer = await complete_ranked(self.client, decision.ranked, self.registry.snapshot(), body)
-        return Completion(
-            response=answer.response,
-            decision=decision,
-            expert=answer.expert,
-            failures=answer.failures,
-            route_ms=plan.route_ms,
-            experts=[answer.expert],
-        )
+            question = query_text(body["messages"])
+            return await self._aggregation(plan).run(body, question, stream=False)
+        experts = self.registry.snapshot()
+        return await complete_ranked(self.client, plan.decision.ranked, experts, body)
 
-    async def open_stream(
-        self, body: dict[str, Any], request_id: str | None = None, plan: Plan | None = None
-    ) -> StreamStart:
-        plan = plan or await self.plan(body, request_id)
-        decision = plan.decision
+    async def open_stream(self, plan: Plan, body: dict[str, Any]) -> Answer:
+        """A streamed answer, opened: its first chunk is here, the rest follows."""
         if plan.fans_out:
-            out = await self._aggregation(plan).run(body, query_text(body["messages"]), stream=True)
-            assert out.first is not None and out.rest is not None
-            return StreamStart(
-                first=out.first,
-                rest=out.rest,
-                decision=decision,
-                expert=out.expert,
-                failures=out.failures,
-                route_ms=plan.route_ms,
-                experts=out.answered,
-                aggregator=out.aggregator,
-                aggregation=out.meta(),
-            )
-        opened = await stream_ranked(self.client, decision.ranked, self.registry.snapshot(), body)
-        return StreamStart(
-            first=opened.first,
-            rest=opened.rest,
-            decision=decision,
-            expert=opened.expert,
-            failures=opened.failures,
-            route_ms=plan.route_ms,
-            experts=[opened.expert],
-        )
+            question = query_text(body["messages"])
+            return await self._aggregation(plan).run(body, question, stream=True)
+        experts = self.registry.snapshot()
+        return await stream_ranked(self.client, plan.decision.ranked, experts, body)
+
+    async def answer_on(self, plan: Plan, expert: str, body: dict[str, Any]) -> Answer:
+        """A k = 1 answer that starts with `expert` (batch groups lines by expert), then
+        falls back down the plan's ranked list like any other request."""
+        ranked = [expert, *(e for e in plan.decision.ranked if e != expert)]
+        return await complete_ranked(self.client, ranked, self.registry.snapshot(), body)
+
+    async def ask(self, expert: str, body: dict[str, Any], score: float = 1.0) -> ExpertAnswer:
+        """One expert's part of a fan-out, run on its own (batch runs parts expert by
+        expert); a failure is recorded in the part, not raised."""
+        answer = ExpertAnswer(expert, score)
+        started = time.perf_counter()
+        try:
+            answer.response = await self.client.complete(self.registry.get(expert), body)
+        except NotFound as err:  # the expert was removed since routing
+            answer.status, answer.error = "failed", UpstreamError(err.message, expert=expert)
+        except UpstreamError as err:
+            answer.status, answer.error = "failed", err
+        else:
+            answer.status = "ok"
+        answer.latency_ms = (time.perf_counter() - started) * 1000
+        return answer
+
+    async def combine(
+        self, plan: Plan, answers: Sequence[ExpertAnswer], body: dict[str, Any]
+    ) -> Answer:
+        """The plan's aggregation over answers gathered earlier (one per chosen expert)."""
+        question = query_text(body["messages"])
+        return await self._aggregation(plan).combine(list(answers), body, question, stream=False)
 
     def _aggregation(self, plan: Plan) -> Aggregation:
         return Aggregation(self.client, self.registry.snapshot(), plan.decision, plan.aggregation)
@@ -278,6 +273,59 @@ class Engine:
         response = await self.client.complete(spec, {"messages": messages, **params})
         content = response["choices"][0]["message"].get("content")
         return str(content or "")
+
+
+def _direct(expert: str) -> RouteDecision:
+    return RouteDecision(
+        candidates=(Candidate(expert, 1.0),),
+        router="direct",
+        reason=f"the request named expert {expert}",
+    )
+
+
+def _settle(
+    decision: RouteDecision,
+    router_name: str,
+    spec: PipelineSpec,
+    experts: Mapping[str, ExpertSpec],
+    tried: list[str],
+) -> RouteDecision | None:
+    """A router's decision made final (live experts only, the pipeline's k), or None when
+    it abstained or named no registered expert; `tried` collects why, for the reason."""
+    if decision.abstained:
+        tried.append(f"{router_name}: {decision.reason}")
+        return None
+    live = _live_only(decision, experts)
+    if live is None:
+        tried.append(f"{router_name}: none of its candidates is registered")
+        return None
+    if tried:
+        live = _with_note(live, "fell back after " + "; ".join(tried))
+    if spec.dynamic_k is not None:
+        return dynamic_k(live, spec.dynamic_k.tau, spec.dynamic_k.max_k)
+    # A pipeline's explicit k wins; otherwise a router may recruit several experts.
+    k = spec.k if "k" in spec.model_fields_set else live.k
+    return live.with_k(min(k, len(live.candidates)))
+
+
+def _all_abstained(pipeline: str, tried: list[str]) -> RoutingError:
+    return RoutingError(f"pipeline {pipeline!r}: every router abstained ({'; '.join(tried)})")
+
+
+def _live_only(decision: RouteDecision, experts: Mapping[str, ExpertSpec]) -> RouteDecision | None:
+    live = tuple(c for c in decision.candidates if c.expert in experts)
+    if not live:
+        return None
+    if len(live) == len(decision.candidates):
+        return decision
+    return RouteDecision(
+        candidates=live,
+        router=decision.router,
+        reason=decision.reason,
+        k=min(decision.k, len(live)),
+        category=decision.category,
+        details=decision.details,
+    )
 
 
 def _with_note(decision: RouteDecision, note: str) -> RouteDecision:
@@ -300,19 +348,12 @@ async def build_engine(
     encoders: Any = None,
 ) -> Engine:
     """Load router plug-ins, build every configured router once, and set them up."""
-    plugins = RouterRegistry()
-    for folder in config.routers_dirs:
-        path = Path(folder)
-        plugins.load_dir(path if path.is_absolute() else base_dir / path)
-    plugins.load_entry_points()
+    plugins = RouterRegistry.load(config.routers_dirs, base_dir)
     engine = Engine(config, registry, client, {})
     deps = RouterDeps(
         config=config, store=store, base_dir=base_dir, chat=engine.chat_text, encoders=encoders
     )
-    specs = {name: (spec.type, spec.params) for name, spec in config.routers.items()}
-    # `default` may be named in a pipeline without being declared: it needs no params.
-    specs.setdefault("default", ("default", {}))
-    for name, (type_name, params) in specs.items():
+    for name, (type_name, params) in router_specs(config).items():
         router = plugins.build(name, type_name, params, deps)
         await router.setup()
         engine.routers[name] = router

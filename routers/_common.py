@@ -10,9 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coe.errors import ConfigError
-from coe.routing.base import RouteContext, RouterDeps
-from coe.routing.decision import Candidate, RouteDecision
+from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, RouterDeps
 from coe.routing.encoders import EncoderCache
 
 

@@ -16,10 +16,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.errors import ConfigError
-from coe.routing.base import RouteContext, Router
+from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
 from coe.routing.data import LabelledExample, load_labelled, load_models
-from coe.routing.decision import Candidate, RouteDecision
 
 from ._common import (
     encoders_of,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from coe.routing.base import RouteContext, Router
-from coe.routing.decision import Candidate, RouteDecision
+from coe.routing import Candidate, RouteContext, RouteDecision, Router
 
 
 class DefaultRouter(Router):

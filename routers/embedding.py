@@ -14,8 +14,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.errors import ConfigError
-from coe.routing.base import RouteContext, Router
+from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
 from coe.routing.data import (
     LabelledExample,
     OutcomeExample,
@@ -23,7 +22,6 @@ from coe.routing.data import (
     load_models,
     load_outcomes,
 )
-from coe.routing.decision import Candidate, RouteDecision
 
 from ._common import (
     encoders_of,

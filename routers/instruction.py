@@ -14,9 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.errors import ConfigError
-from coe.routing.base import RouteContext, Router
-from coe.routing.decision import Candidate, RouteDecision
+from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
 from coe.routing.encoders import text_hash
 from coe.store import keys
 

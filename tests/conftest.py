@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis (isolated prefix), a real vLLM CPU expert, free ports."""
+"""Shared fixtures: real Redis (isolated prefix), a real vLLM CPU expert, the data slices."""
 
 from __future__ import annotations
 
@@ -11,22 +11,20 @@ from pathlib import Path
 import pytest
 
 from coe.store.redis_store import RedisStore
-from coe.testing.net import free_port
-from coe.testing.redis import isolated_redis_store
+from tests.support.net import free_port
+from tests.support.redis import isolated_redis_store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def data_dir() -> Path:
+    """Small slices of the shared routing data sets (see tests/data/README.md)."""
+    return TEST_DATA
 
 
 @pytest.fixture

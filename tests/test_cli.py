@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 
+from coe.cli import main
 from coe.testing import FakeUpstream
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,6 +26,24 @@ def coe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_every_command_family_is_on_the_root_group() -> None:
+    out = CliRunner().invoke(main, ["--help"])
+    assert out.exit_code == 0, out.output
+    listed = {line.split()[0] for line in out.output.split("Commands:")[1].splitlines() if line}
+    assert listed == {
+        "serve",
+        "up",
+        "prepare-model",
+        "check-config",
+        "route",
+        "batch",
+        "worker",
+        "deploy",
+        "eval",
+        "build",
+    }
+
+
 def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     ok = coe("check-config", "-c", str(REPO / "experts.yaml"))
     assert ok.returncode == 0 and "ok (3 experts" in ok.stdout
@@ -33,6 +53,50 @@ def test_check_config_ok_and_bad(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert f"error: {bad}: invalid configuration" in out.stderr
     assert "bogus: unknown key" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_check_config_loads_the_plugins_it_names(tmp_path: Path) -> None:
+    """Past the schema: a router type or swap-controller kind nobody provides, or params its
+    class refuses, fail the check (nothing is started)."""
+    base = yaml.safe_load((REPO / "experts.yaml").read_text())
+    base["routers_dirs"] = [str(REPO / "routers")]
+    base["local_servers"] = []
+    ok = coe("check-config", "-c", str(_write(tmp_path / "ok.yaml", base)))
+    assert ok.returncode == 0, ok.stderr
+    assert "router topic: embedding" in ok.stdout
+    cases = {
+        "router type": (
+            {**base, "routers": {**base["routers"], "topic": {"type": "nope"}}},
+            "unknown router type 'nope'",
+        ),
+        "router params": (
+            {
+                **base,
+                "routers": {
+                    **base["routers"],
+                    "topic": {"type": "embedding", "params": {"colour": 1}},
+                },
+            },
+            "routers.topic.params (embedding)",
+        ),
+        "controller kind": (
+            {**base, "pools": {"gpu0": {"controller": "teleport"}}},
+            "pools.gpu0.controller: unknown swap controller kind 'teleport'",
+        ),
+        "controller params": (
+            {**base, "pools": {"gpu0": {"controller": "lora", "params": {"colour": 1}}}},
+            "pools.gpu0.params (lora)",
+        ),
+    }
+    for what, (config, message) in cases.items():
+        out = coe("check-config", "-c", str(_write(tmp_path / f"{what}.yaml", config)))
+        assert out.returncode == 2, (what, out.stdout)
+        assert message in out.stderr and "Traceback" not in out.stderr, (what, out.stderr)
+
+
+def _write(path: Path, config: dict[str, object]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def test_serve_refuses_placeholder_token() -> None:
@@ -95,3 +159,29 @@ def test_route_and_batch_run(tmp_path: Path) -> None:
         assert [ln["custom_id"] for ln in lines] == [*(f"x{i}" for i in range(7)), "line-8"]
         assert lines[0]["response"]["body"]["choices"][0]["message"]["content"] == "[cli] q0"
         assert lines[1]["response"]["body"]["coe"]["expert"] == "b"
+
+
+def test_build_instructions_calls_the_writer_like_any_expert_call(tmp_path: Path) -> None:
+    """`coe build instructions --writer` goes through the expert client: the writer's model
+    id, defaults and system prompt, and its next replica when the first is down."""
+    with FakeUpstream("writer") as up:
+        cfg = tmp_path / "experts.yaml"
+        writer = {
+            "name": "w",
+            "model": "writer-model",
+            "endpoints": ["http://127.0.0.1:9", up.base_url],  # port 9: connection refused
+            "defaults": {"top_p": 0.5},
+            "system_prompt": "Write tersely.",
+            "description": "solves calculus problems",
+        }
+        cfg.write_text(yaml.safe_dump({"experts": [writer], "default_expert": "w"}))
+        out_file = tmp_path / "instructions.json"
+        built = coe(
+            "build", "instructions", "-c", str(cfg), "--writer", "w", "--out", str(out_file)
+        )
+        assert built.returncode == 0, built.stderr
+        written = json.loads(out_file.read_text())
+        assert written["w"].startswith("[writer]") and "calculus" in written["w"]
+        body = up.state.bodies[-1]
+        assert body["model"] == "writer-model" and body["top_p"] == 0.5
+        assert body["messages"][0] == {"role": "system", "content": "Write tersely."}

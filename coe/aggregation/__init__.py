@@ -8,7 +8,7 @@ from coe.aggregation.combine import Aggregation, choose_aggregator
 from coe.aggregation.extract import Extracted, extract_answer
 from coe.aggregation.fanout import ExpertAnswer, fan_out, sum_usage
 from coe.aggregation.judge import parse_verdict
-from coe.aggregation.outcome import Outcome
+from coe.aggregation.outcome import FanOut
 from coe.aggregation.vote import Ballot, VoteResult, all_agree, majority_vote
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "Ballot",
     "ExpertAnswer",
     "Extracted",
-    "Outcome",
+    "FanOut",
     "VoteResult",
     "all_agree",
     "choose_aggregator",

@@ -1,6 +1,7 @@
 """The four ways k answers become one: synthesize, vote, first, best (a judge picks).
 
-`aggregate` fans the query out, then applies the pipeline's strategy. The aggregator (or
+`Aggregation.run` fans the query out, then `combine` applies the pipeline's strategy (batch
+jobs call `combine` alone, with answers gathered expert by expert). The aggregator (or
 judge) is the router's per-category choice, else the pipeline's fixed one, else the top
 candidate; if it fails, the answered experts are tried in turn, and if all fail the
 top-scored expert answer is returned with a note saying so.
@@ -15,11 +16,11 @@ from typing import Any
 from coe.aggregation.extract import extract_answer
 from coe.aggregation.fanout import ExpertAnswer, fan_out, none_answered
 from coe.aggregation.judge import parse_verdict
-from coe.aggregation.outcome import Outcome, failures_of
+from coe.aggregation.outcome import FanOut, failures_of
 from coe.aggregation.prompts import JUDGE_PARAMS, judge_messages, synthesize_messages
 from coe.aggregation.stream import as_chunks, with_usage
 from coe.aggregation.vote import Ballot, all_agree, majority_vote
-from coe.dispatch import ExpertClient, complete_ranked, stream_ranked
+from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
 from coe.errors import UpstreamError
 from coe.experts.schema import AggregationSpec, ExpertSpec
 from coe.routing.decision import RouteDecision
@@ -53,7 +54,7 @@ class Aggregation:
         self.decision = decision
         self.spec = spec
 
-    async def run(self, body: dict[str, Any], question: str, stream: bool) -> Outcome:
+    async def run(self, body: dict[str, Any], question: str, stream: bool) -> Answer:
         picks = self.decision.candidates[: self.decision.k]
         answers = await fan_out(
             self.client,
@@ -67,14 +68,14 @@ class Aggregation:
 
     async def combine(
         self, answers: list[ExpertAnswer], body: dict[str, Any], question: str, stream: bool
-    ) -> Outcome:
+    ) -> Answer:
         """Turn the experts' answers into one; batch jobs call this after running each group."""
         spec = self.spec
         first_only = spec.strategy == "first"
         ok = sorted((a for a in answers if a.ok), key=lambda a: -a.score)  # stable: rank order
         if not ok:
             raise none_answered(answers)
-        out = Outcome(spec.strategy, answers, expert=ok[0].expert, deadline_s=spec.deadline_s)
+        out = FanOut(spec.strategy, answers, deadline_s=spec.deadline_s)
         if first_only:
             return self._final(out, min(ok, key=lambda a: a.latency_ms), stream)
         fmt = spec.answer_format
@@ -94,21 +95,19 @@ class Aggregation:
             return await self._judge(out, ok, order, body, question, stream)
         return await self._synthesize(out, ok, order, body, question, stream)
 
-    def _final(self, out: Outcome, answer: ExpertAnswer, stream: bool) -> Outcome:
+    def _final(self, out: FanOut, answer: ExpertAnswer, stream: bool) -> Answer:
         """Return one expert's finished answer (as chunks when the client streams)."""
         assert answer.response is not None
-        out.expert = answer.expert
         if stream:
-            out.first, out.rest = as_chunks(answer.response, out.usage())
-        else:
-            out.response = answer.response
-        return out
+            first, rest = as_chunks(answer.response, out.usage())
+            return out.finish(answer.expert, first=first, rest=rest)
+        return out.finish(answer.expert, response=answer.response)
 
     def _params(self, body: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in body.items() if k not in DROPPED}
 
     def _fell_back(
-        self, out: Outcome, role: str, err: UpstreamError, ok: list[ExpertAnswer]
+        self, out: FanOut, role: str, err: UpstreamError, ok: list[ExpertAnswer]
     ) -> None:
         out.aggregator_failures += failures_of(err)
         out.note = f"every {role} failed ({err.message}); returned the top-scored expert's answer"
@@ -116,42 +115,42 @@ class Aggregation:
 
     async def _synthesize(
         self,
-        out: Outcome,
+        out: FanOut,
         ok: list[ExpertAnswer],
         order: list[str],
         body: dict[str, Any],
         question: str,
         stream: bool,
-    ) -> Outcome:
+    ) -> Answer:
         messages = synthesize_messages(body["messages"], question, [a.text for a in ok])
         request = {**self._params(body), "messages": messages}
         try:
             if stream:
-                opened = await stream_ranked(self.client, order, self.experts, request)
-                out.first, out.rest = opened.first, with_usage(opened.rest, out.usage())
-                who, failures = opened.expert, opened.failures
+                synthesis = await stream_ranked(self.client, order, self.experts, request)
             else:
-                answer = await complete_ranked(self.client, order, self.experts, request)
-                out.aggregator_response = out.response = answer.response
-                who, failures = answer.expert, answer.failures
+                synthesis = await complete_ranked(self.client, order, self.experts, request)
+                out.aggregator_response = synthesis.response
         except UpstreamError as err:
             self._fell_back(out, "aggregator", err, ok)
             return self._final(out, ok[0], stream)
-        out.aggregator = out.expert = who
-        out.aggregator_failures += failures
+        out.aggregator = synthesis.expert
+        out.aggregator_failures += synthesis.failures
         if out.aggregator != order[0]:
             out.note = f"aggregator {order[0]} failed; {out.aggregator} synthesised instead"
-        return out
+        if stream:
+            first, rest = synthesis.stream()
+            return out.finish(synthesis.expert, first=first, rest=with_usage(rest, out.usage()))
+        return out.finish(synthesis.expert, response=synthesis.body)
 
     async def _judge(
         self,
-        out: Outcome,
+        out: FanOut,
         ok: list[ExpertAnswer],
         order: list[str],
         body: dict[str, Any],
         question: str,
         stream: bool,
-    ) -> Outcome:
+    ) -> Answer:
         request = {
             **self._params(body),
             **JUDGE_PARAMS,
@@ -164,8 +163,8 @@ class Aggregation:
             return self._final(out, ok[0], stream)
         out.aggregator = answer.expert
         out.aggregator_failures += answer.failures
-        out.aggregator_response = answer.response
-        verdict = str(answer.response["choices"][0].get("message", {}).get("content") or "")
+        out.aggregator_response = answer.body
+        verdict = str(answer.body["choices"][0].get("message", {}).get("content") or "")
         choice = parse_verdict(verdict, len(ok))
         out.extra["verdict"] = {"text": verdict[:200], "choice": choice}
         if choice is None:

@@ -53,6 +53,27 @@ class ExpertAnswer:
     def failure(self) -> Failure | None:
         return Failure.of(self.expert, self.error) if self.error is not None else None
 
+    def to_record(self) -> dict[str, Any]:
+        """What a batch job stores of this part between its run and aggregate phases."""
+        if self.ok:
+            return {"status": "ok", "response": self.response, "latency_ms": self.latency_ms}
+        error = self.error.message if self.error is not None else f"status {self.status}"
+        code = self.error.status_code if self.error is not None else 502
+        return {"status": "failed", "error": error, "code": code, "latency_ms": self.latency_ms}
+
+    @classmethod
+    def from_record(cls, expert: str, score: float, record: dict[str, Any] | None) -> ExpertAnswer:
+        """Rebuild a stored part; a missing one (its unit was cancelled) counts as failed."""
+        latency = float((record or {}).get("latency_ms") or 0.0)
+        if record is None:
+            error = UpstreamError(f"expert {expert} gave no answer", expert=expert)
+            return cls(expert, score, status="failed", error=error)
+        if record["status"] == "ok":
+            return cls(expert, score, "ok", latency, response=record["response"])
+        kind = UpstreamTimeout if record.get("code") == 504 else UpstreamError
+        error = kind(record["error"], expert=expert)
+        return cls(expert, score, "failed", latency, error=error)
+
     def summary(self) -> dict[str, Any]:
         return {
             "expert": self.expert,

@@ -1,4 +1,8 @@
-"""What an aggregated request produced, and how it is reported in the response's `coe` field."""
+"""What a fan-out did — the answers, who aggregated, what was skipped — and the `Answer` it ends in.
+
+A `FanOut` is filled in while the strategy runs; `finish` turns it into the one `Answer` type
+every caller gets, with the fan-out's part of the response's `coe` field in `Answer.fanout`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coe.aggregation.fanout import ExpertAnswer, sum_usage
-from coe.dispatch import Failure
+from coe.dispatch import Answer, Failure
 from coe.errors import AllExpertsFailed, UpstreamError
 
 
 @dataclass
-class Outcome:
-    """The answers, who wrote the final text, and why; `response` or `first`/`rest` carry it."""
-
+class FanOut:
     strategy: str
     answers: list[ExpertAnswer]
-    expert: str  # who wrote the text the client gets: the aggregator or the winning expert
     deadline_s: float
     aggregator: str | None = None  # the model called to synthesise or judge, when one was
     skipped: str | None = None
@@ -25,9 +26,6 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)  # `vote` or `verdict` details
     aggregator_failures: list[Failure] = field(default_factory=list)
     aggregator_response: dict[str, Any] | None = None  # a judge's or non-streamed synthesis
-    response: dict[str, Any] | None = None  # the final answer, when not streamed
-    first: dict[str, Any] | None = None  # the final answer's stream, when streamed
-    rest: AsyncIterator[dict[str, Any]] | None = None
 
     @property
     def answered(self) -> list[str]:
@@ -64,6 +62,28 @@ class Outcome:
             "failures": [vars(f) for f in self.failures],
             "usage": self.usage(),
         }
+
+    def finish(
+        self,
+        expert: str,
+        *,
+        response: dict[str, Any] | None = None,
+        first: dict[str, Any] | None = None,
+        rest: AsyncIterator[dict[str, Any]] | None = None,
+    ) -> Answer:
+        """The final answer, written by `expert`; a whole response carries every call's usage."""
+        if response is not None:
+            response = {**response, "usage": self.usage()}
+        return Answer(
+            expert,
+            response=response,
+            first=first,
+            rest=rest,
+            failures=self.failures,
+            experts=self.answered,
+            aggregator=self.aggregator,
+            fanout=self.meta(),
+        )
 
 
 def failures_of(err: UpstreamError) -> list[Failure]:

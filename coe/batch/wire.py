@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from coe.errors import InvalidRequest, PayloadTooLarge
-from coe.gateway.wire import ChatCompletionRequest, validation_message
+from coe.pipeline import Answer
+from coe.protocol import ChatCompletionRequest, validation_message
+from coe.routing.decision import RouteDecision
 
 CHAT_URL = "/v1/chat/completions"
 
@@ -71,6 +73,28 @@ def parse_batch_file(content: bytes, max_bytes: int, max_lines: int) -> list[Par
         raise PayloadTooLarge(f"batch file has {len(lines)} lines; the limit is {max_lines}")
     seen: set[str] = set()
     return [_parse_line(i, raw, seen) for i, raw in enumerate(lines)]
+
+
+def answer_body(decision: RouteDecision, answer: Answer, worker: str) -> dict[str, Any]:
+    """A batch result's response body: the answer, named by its expert, with `coe` metadata
+    like the chat endpoint's (and the worker that wrote it)."""
+    body = dict(answer.body)
+    meta: dict[str, Any] = {
+        "router": decision.router,
+        "reason": decision.reason,
+        "category": decision.category,
+        "decision": decision.to_dict(),
+        "upstream_model": body.get("model"),
+        "worker": worker,
+        "expert": answer.expert,
+        "experts": answer.experts,
+        "failures": [vars(f) for f in answer.failures],
+    }
+    if answer.fanout is not None:
+        meta.update(answer.fanout)
+    body["coe"] = meta
+    body["model"] = answer.expert
+    return body
 
 
 def result_line(

@@ -1,4 +1,4 @@
-"""The only outbound HTTP: OpenAI-compatible chat calls to one expert, across its replicas.
+"""Every chat call to an expert goes through here: OpenAI-compatible, across its replicas.
 
 Per-expert concurrency limits, timeouts, and retry on another replica on a
 connection error, timeout, 429 or 5xx. Fallback to other experts is one level
@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
 
 import httpx
 
+from coe.dispatch.http_errors import status_error, transport_error
 from coe.dispatch.replicas import Replica, ReplicaSet
 from coe.dispatch.sse import DONE, iter_sse_data
-from coe.errors import UpstreamError, UpstreamStatus, UpstreamTimeout
+from coe.errors import UpstreamError, UpstreamTimeout
 from coe.experts.schema import ExpertSpec
 
 log = logging.getLogger(__name__)
@@ -57,14 +59,34 @@ class Admission(Protocol):
         ...
 
 
+class CallObserver(Protocol):
+    """Told of every replica attempt (`coe.observability.Metrics` is one)."""
+
+    def observe_expert_call(self, expert: str, seconds: float, ok: bool) -> None: ...
+
+
 class ExpertClient:
     """Calls experts over one shared httpx client; one instance per process."""
 
-    def __init__(self, http: httpx.AsyncClient, admission: Admission | None = None):
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        admission: Admission | None = None,
+        observer: CallObserver | None = None,
+    ):
         self.http = http
         self.admission = admission
+        self.observer = observer
         self._replicas: dict[str, tuple[tuple[str, ...], ReplicaSet]] = {}
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def session(cls) -> AsyncIterator[ExpertClient]:
+        """A client with a connection pool of its own, for one-off tools (the CLI); the
+        timeouts are each expert's own, as for any call."""
+        async with httpx.AsyncClient() as http:
+            yield cls(http)
 
     def replicas(self, expert: ExpertSpec) -> ReplicaSet:
         urls = tuple(expert.base_urls())
@@ -98,6 +120,10 @@ class ExpertClient:
         finally:
             sem.release()
 
+    def _observe(self, expert: ExpertSpec, started: float, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer.observe_expert_call(expert.name, time.perf_counter() - started, ok)
+
     def unavailable(self) -> set[str]:
         return self.admission.unavailable() if self.admission else set()
 
@@ -107,7 +133,7 @@ class ExpertClient:
     def _timeout(self, expert: ExpertSpec) -> httpx.Timeout:
         return httpx.Timeout(expert.limits.timeout_s, connect=expert.limits.connect_timeout_s)
 
-    def _headers(self, expert: ExpertSpec) -> dict[str, str]:
+    def headers(self, expert: ExpertSpec) -> dict[str, str]:
         return {"Authorization": f"Bearer {expert.api_key}"} if expert.api_key else {}
 
     def _attempts(self, expert: ExpertSpec) -> list[Replica]:
@@ -122,9 +148,11 @@ class ExpertClient:
         async with self._admitted(expert), self._slot(expert):
             for replica in self._attempts(expert):
                 replica.inflight += 1
+                started = time.perf_counter()
                 try:
                     result = await self._post_json(expert, replica.url, payload)
                 except UpstreamError as err:
+                    self._observe(expert, started, ok=False)
                     last = err
                     if not err.retryable:
                         raise
@@ -134,6 +162,7 @@ class ExpertClient:
                     continue
                 finally:
                     replica.inflight -= 1
+                self._observe(expert, started, ok=True)
                 replicas.succeeded(replica)
                 return result
         assert last is not None
@@ -143,30 +172,15 @@ class ExpertClient:
         self, expert: ExpertSpec, base: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
         url = f"{base}/v1/chat/completions"
+        what = f"expert {expert.name} at {base}"
         try:
             resp = await self.http.post(
-                url, json=payload, headers=self._headers(expert), timeout=self._timeout(expert)
+                url, json=payload, headers=self.headers(expert), timeout=self._timeout(expert)
             )
-        except httpx.TimeoutException as err:
-            raise UpstreamTimeout(
-                f"expert {expert.name} timed out at {base} ({type(err).__name__})",
-                expert=expert.name,
-                url=base,
-            ) from err
         except httpx.HTTPError as err:
-            raise UpstreamError(
-                f"expert {expert.name} unreachable at {base}: {type(err).__name__}: {err}",
-                expert=expert.name,
-                url=base,
-            ) from err
+            raise transport_error(err, what, expert=expert.name, url=base) from err
         if resp.status_code >= 400:
-            raise UpstreamStatus(
-                f"expert {expert.name} answered {resp.status_code} at {base}: {resp.text[:300]}",
-                status=resp.status_code,
-                body=resp.text,
-                expert=expert.name,
-                url=base,
-            )
+            raise status_error(resp.status_code, resp.text, what, expert=expert.name, url=base)
         try:
             data: dict[str, Any] = resp.json()
         except ValueError as err:
@@ -219,25 +233,23 @@ class ExpertClient:
     ) -> AsyncIterator[dict[str, Any]]:
         base = replica.url
         url = f"{base}/v1/chat/completions"
+        what = f"expert {expert.name} at {base}"
         async with self._admitted(expert), self._slot(expert):
             replica.inflight += 1
+            started = time.perf_counter()
+            ok = False
             try:
                 async with self.http.stream(
                     "POST",
                     url,
                     json=payload,
-                    headers=self._headers(expert),
+                    headers=self.headers(expert),
                     timeout=self._timeout(expert),
                 ) as resp:
                     if resp.status_code >= 400:
                         text = (await resp.aread()).decode(errors="replace")
-                        raise UpstreamStatus(
-                            f"expert {expert.name} answered {resp.status_code} at {base}: "
-                            f"{text[:300]}",
-                            status=resp.status_code,
-                            body=text,
-                            expert=expert.name,
-                            url=base,
+                        raise status_error(
+                            resp.status_code, text, what, expert=expert.name, url=base
                         )
                     done = False
                     async for data in iter_sse_data(resp.aiter_lines()):
@@ -266,17 +278,11 @@ class ExpertClient:
                             expert=expert.name,
                             url=base,
                         )
-            except httpx.TimeoutException as err:
-                raise UpstreamTimeout(
-                    f"expert {expert.name} timed out streaming at {base}",
-                    expert=expert.name,
-                    url=base,
-                ) from err
+                    ok = True
             except httpx.HTTPError as err:
-                raise UpstreamError(
-                    f"expert {expert.name} stream failed at {base}: {type(err).__name__}: {err}",
-                    expert=expert.name,
-                    url=base,
+                raise transport_error(
+                    err, f"{what} (streaming)", expert=expert.name, url=base
                 ) from err
             finally:
                 replica.inflight -= 1
+                self._observe(expert, started, ok=ok)

@@ -27,17 +27,45 @@ class Failure:
 
 @dataclass
 class Answer:
-    expert: str
-    response: dict[str, Any]
-    failures: list[Failure] = field(default_factory=list)
+    """Who wrote the text the client gets, and the text: `response` whole, or a stream's
+    `first` chunk and the `rest`. One type for both, so callers differ only where they must.
 
+    `experts` lists every expert that answered (several after a fan-out), `aggregator` the
+    model that synthesised or judged, and `fanout` what the fan-out did (`coe` metadata).
+    """
 
-@dataclass
-class OpenStream:
     expert: str
-    first: dict[str, Any]
-    rest: AsyncIterator[dict[str, Any]]
+    response: dict[str, Any] | None = None
+    first: dict[str, Any] | None = None
+    rest: AsyncIterator[dict[str, Any]] | None = None
     failures: list[Failure] = field(default_factory=list)
+    experts: list[str] = field(default_factory=list)
+    aggregator: str | None = None
+    fanout: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.experts:
+            self.experts = [self.expert]
+
+    @property
+    def streaming(self) -> bool:
+        return self.rest is not None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The finished response (non-streamed answers only)."""
+        assert self.response is not None, "a streamed answer has no finished body"
+        return self.response
+
+    def stream(self) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+        """The first chunk and the rest (streamed answers only)."""
+        assert self.first is not None and self.rest is not None, "not a streamed answer"
+        return self.first, self.rest
+
+    async def aclose(self) -> None:
+        """Release a stream nobody will read (the client went away)."""
+        if self.rest is not None:
+            await self.rest.aclose()  # type: ignore[attr-defined]
 
 
 def _resolve(names: Sequence[str], experts: Mapping[str, ExpertSpec]) -> list[ExpertSpec]:
@@ -62,7 +90,7 @@ async def complete_ranked(
             failures.append(Failure.of(expert.name, err))
             log.warning("falling back from expert %s: %s", expert.name, err.message)
             continue
-        return Answer(expert=expert.name, response=response, failures=failures)
+        return Answer(expert.name, response=response, failures=failures)
     raise _all_failed(errors, names)
 
 
@@ -71,7 +99,7 @@ async def stream_ranked(
     names: Sequence[str],
     experts: Mapping[str, ExpertSpec],
     body: dict[str, Any],
-) -> OpenStream:
+) -> Answer:
     """Fall back only until an expert sends its first chunk; after that the stream is its."""
     errors: list[UpstreamError] = []
     failures: list[Failure] = []
@@ -87,7 +115,7 @@ async def stream_ranked(
                 "falling back from expert %s before first token: %s", expert.name, err.message
             )
             continue
-        return OpenStream(expert=expert.name, first=first, rest=rest, failures=failures)
+        return Answer(expert.name, first=first, rest=rest, failures=failures)
     raise _all_failed(errors, names)
 
 

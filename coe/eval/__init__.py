@@ -1,1 +1,1 @@
-"""Offline evaluation of routers on labelled data (outcomes, categories, k-fold, reports)."""
+"""Offline evaluation of routers on labelled data: outcomes, categories, k-fold."""

@@ -4,7 +4,9 @@ from coe.experts.schema import (
     CoeConfig,
     ExpertLimits,
     ExpertSpec,
+    LocalServer,
     PipelineSpec,
+    PoolSpec,
     RouterSpec,
     load_config,
 )
@@ -13,7 +15,9 @@ __all__ = [
     "CoeConfig",
     "ExpertLimits",
     "ExpertSpec",
+    "LocalServer",
     "PipelineSpec",
+    "PoolSpec",
     "RouterSpec",
     "load_config",
 ]

@@ -41,10 +41,7 @@ class ExpertRegistry:
         if not force and version == self.version:
             return False
         raw = await self.store.hgetall(keys.EXPERTS)
-        self._snapshot = {
-            name: ExpertSpec.model_validate(json.loads(value))
-            for name, value in sorted(raw.items())
-        }
+        self._snapshot = {name: _stored(value) for name, value in sorted(raw.items())}
         self.version = version
         return True
 
@@ -71,3 +68,11 @@ class ExpertRegistry:
     async def _bump(self) -> None:
         version = await self.store.incr(keys.EXPERTS_VERSION)
         await self.store.publish(keys.EXPERTS_CHANNEL, str(version))
+
+
+def _stored(value: str) -> ExpertSpec:
+    data = json.loads(value)
+    # Registries written before the `categories:` table became the only category map
+    # still carry a per-expert list; nothing reads it, so it is dropped, not refused.
+    data.pop("categories", None)
+    return ExpertSpec.model_validate(data)

@@ -1,4 +1,4 @@
-"""The schema of experts.yaml: experts, the category map, routers and pipelines.
+"""The schema of experts.yaml: experts, the category map, routers, pipelines, pools and servers.
 
 Every model forbids unknown keys, so a typo fails at start-up with the file,
 the key path and what is wrong, instead of being silently ignored.
@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
 from coe.errors import ConfigError
-from coe.pool.config import PoolSpec
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 
@@ -35,7 +34,6 @@ class ExpertSpec(Strict):
     model: str = Field(min_length=1, description="model id the upstream server serves")
     endpoints: list[HttpUrl] = Field(min_length=1, description="OpenAI-compatible base URLs")
     description: str = ""
-    categories: list[str] = Field(default_factory=list)
     skills: list[str] = Field(default_factory=list)
     system_prompt: str | None = None
     cost: float = Field(0.0, ge=0, description="price per million tokens")
@@ -89,15 +87,43 @@ class PipelineSpec(Strict):
     description: str = ""
 
 
-class LocalServer(Strict):
-    """A vLLM server `coe up` starts on this machine before the gateway."""
+class PoolSpec(Strict):
+    """Experts sharing one device, C of them resident at once (docs/pools.md).
 
-    name: str = Field(pattern=NAME_RE)
+    `controller` names a swap controller plug-in; its `params` are checked by the
+    controller's own `Params` model when the pools are built.
+    """
+
+    controller: str = Field("static", min_length=1, description="swap controller kind")
+    capacity: int = Field(1, ge=1, le=256, description="experts resident at once (C)")
+    max_wait_s: float = Field(
+        30.0, gt=0, le=3600, description="waiting longer than this forces a swap (no starvation)"
+    )
+    retry_after_s: float = Field(
+        30.0, ge=0, le=3600, description="an expert whose swap failed is skipped this long"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="controller parameters (docs/pools.md)"
+    )
+
+
+class LocalServer(Strict):
+    """A vLLM server on this machine: one `coe up` starts before the gateway, or one the
+    `process` swap controller starts when its expert is swapped in."""
+
+    name: str | None = Field(
+        None, pattern=NAME_RE, description="names its log file (default: served_model_name)"
+    )
     model: str = Field("builtin:smollm2-135m-instruct", description="builtin:NAME or a folder")
     served_model_name: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     cpu_core: int | None = Field(None, ge=0)
-    args: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list, description="extra vLLM flags")
+    start_timeout_s: float = Field(400.0, gt=0, le=3600, description="longer is a failed start")
+
+    @property
+    def log_name(self) -> str:
+        return self.name or self.served_model_name
 
 
 class CoeConfig(Strict):
@@ -114,6 +140,10 @@ class CoeConfig(Strict):
     routers_dirs: list[str] = Field(
         default_factory=lambda: ["routers"],
         description="folders of router plug-ins, relative to this file; later ones may add types",
+    )
+    controllers_dirs: list[str] = Field(
+        default_factory=list,
+        description="folders of swap controller plug-ins, relative to this file",
     )
 
     @model_validator(mode="after")
@@ -147,9 +177,6 @@ class CoeConfig(Strict):
 
     def expert(self, name: str) -> ExpertSpec | None:
         return next((e for e in self.experts if e.name == name), None)
-
-    def pipeline_names(self) -> list[str]:
-        return list(self.pipelines) or [self.default_pipeline]
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -1,4 +1,4 @@
-"""The only FastAPI code: app factory, OpenAI wire models, endpoints, error handling."""
+"""The only FastAPI code: app factory, endpoints, error handling (wire models: `coe.protocol`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Imported lazily so that `coe.gateway.wire` (shared with batch jobs) pulls in no app.
+    # Imported lazily: `import coe.gateway` alone builds nothing and pulls in no app.
     if name == "create_app":
         from coe.gateway.app import create_app
 

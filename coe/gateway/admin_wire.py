@@ -16,7 +16,6 @@ class ExpertCreate(BaseModel):
     model: str = Field(min_length=1, max_length=256)
     endpoints: list[HttpUrl] = Field(min_length=1, max_length=64)
     description: str = Field("", max_length=4000)
-    categories: list[str] = Field(default_factory=list, max_length=64)
     skills: list[str] = Field(default_factory=list, max_length=256)
     system_prompt: str | None = Field(None, max_length=8000)
     cost: float = Field(0.0, ge=0)
@@ -36,7 +35,6 @@ class ExpertUpdate(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=256)
     endpoints: list[HttpUrl] | None = Field(None, min_length=1, max_length=64)
     description: str | None = Field(None, max_length=4000)
-    categories: list[str] | None = Field(None, max_length=64)
     skills: list[str] | None = Field(None, max_length=256)
     system_prompt: str | None = Field(None, max_length=8000)
     cost: float | None = Field(None, ge=0)
@@ -55,7 +53,6 @@ class ExpertPublic(BaseModel):
     model: str
     endpoints: list[str]
     description: str
-    categories: list[str]
     skills: list[str]
     system_prompt: str | None
     cost: float
@@ -70,7 +67,6 @@ class ExpertPublic(BaseModel):
             model=spec.model,
             endpoints=spec.base_urls(),
             description=spec.description,
-            categories=spec.categories,
             skills=spec.skills,
             system_prompt=spec.system_prompt,
             cost=spec.cost,

@@ -1,10 +1,11 @@
-"""The app factory: build services in the lifespan, mount the endpoint modules."""
+"""The app factory: build the runtime in the lifespan, mount the endpoint modules."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import Depends, FastAPI, Response
 
 from coe import __version__
@@ -12,28 +13,35 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import admin_api, batch_api, chat_api, models_api, route_api
 from coe.gateway.auth import client_key
-from coe.gateway.deps import ServicesDep
+from coe.gateway.deps import RuntimeDep
 from coe.gateway.errors import install_error_handlers
 from coe.gateway.middleware import RequestContext
 from coe.gateway.openapi import install_openapi
-from coe.gateway.services import build_services
 from coe.observability import Metrics
+from coe.runtime import build_runtime
 
 
-def create_app(settings: Settings | None = None, config: CoeConfig | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    config: CoeConfig | None = None,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The gateway over a runtime built in the lifespan; `transport` is for in-process tests
+    (expert calls go to ASGI apps instead of sockets)."""
     settings = settings or Settings()
     settings.checked_admin_token()  # refuse a placeholder token before anything starts
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(settings, config, metrics=metrics)
-        app.state.services = services
-        services.start_background()
+        runtime = await build_runtime(settings, config, metrics=metrics, transport=transport)
+        app.state.runtime = runtime
+        runtime.start_background()
         try:
             yield
         finally:
-            await services.close()
+            await runtime.close()
 
     app = FastAPI(title="coe", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
@@ -58,7 +66,7 @@ def create_app(settings: Settings | None = None, config: CoeConfig | None = None
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus(services: ServicesDep) -> Response:
-        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def prometheus(runtime: RuntimeDep) -> Response:
+        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app

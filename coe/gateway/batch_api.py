@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from coe.batch import parse_batch_file
 from coe.errors import InvalidRequest, PayloadTooLarge
-from coe.gateway.deps import ServicesDep
+from coe.gateway.deps import RuntimeDep
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -55,29 +55,29 @@ async def _upload(request: Request, max_bytes: int) -> tuple[bytes, str]:
 
 
 @router.post("", status_code=201, openapi_extra=UPLOAD_DOC)
-async def create_batch(request: Request, services: ServicesDep) -> dict[str, Any]:
-    settings = services.settings
+async def create_batch(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
+    settings = runtime.settings
     content, name = await _upload(request, settings.batch_max_bytes)
     lines = parse_batch_file(content, settings.batch_max_bytes, settings.batch_max_lines)
-    return await services.batch_jobs.create(lines, source=name)
+    return await runtime.batch_jobs.create(lines, source=name)
 
 
 @router.get("/{batch_id}")
-async def get_batch(batch_id: str, services: ServicesDep) -> dict[str, Any]:
-    return await services.batch_jobs.status(batch_id)
+async def get_batch(batch_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return await runtime.batch_jobs.status(batch_id)
 
 
 @router.post("/{batch_id}/cancel")
-async def cancel_batch(batch_id: str, services: ServicesDep) -> dict[str, Any]:
-    return await services.batch_jobs.cancel(batch_id)
+async def cancel_batch(batch_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    return await runtime.batch_jobs.cancel(batch_id)
 
 
 @router.get("/{batch_id}/results")
-async def batch_results(batch_id: str, services: ServicesDep) -> StreamingResponse:
-    await services.batch_jobs.status(batch_id)  # 404 before the stream starts
+async def batch_results(batch_id: str, runtime: RuntimeDep) -> StreamingResponse:
+    await runtime.batch_jobs.status(batch_id)  # 404 before the stream starts
 
     async def lines() -> AsyncIterator[bytes]:
-        async for line in services.batch_jobs.results(batch_id):
+        async for line in runtime.batch_jobs.results(batch_id):
             yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="application/jsonl")

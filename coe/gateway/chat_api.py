@@ -14,46 +14,48 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from coe.dispatch import Answer
 from coe.dispatch.sse import DONE, encode_comment, encode_event
-from coe.errors import CoeError, InvalidRequest, UpstreamError
-from coe.gateway.deps import RequestIdDep, ServicesDep
+from coe.errors import CoeError, InvalidRequest, UpstreamError, error_body
+from coe.gateway.deps import RequestIdDep, RuntimeDep
 from coe.gateway.errors import read_json
-from coe.gateway.wire import ChatCompletionRequest
 from coe.observability import Metrics
-from coe.pipeline import Completion, Engine, Plan, StreamStart
+from coe.pipeline import Engine, Plan
+from coe.protocol import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
 
 def coe_meta(
-    result: Completion | StreamStart, request_id: str, upstream_model: str | None
+    plan: Plan, answer: Answer, request_id: str, upstream_model: str | None
 ) -> dict[str, Any]:
+    decision = plan.decision
     meta = {
-        "expert": result.expert,
+        "expert": answer.expert,
         "upstream_model": upstream_model,
-        "experts": [result.expert],
-        "router": result.decision.router,
-        "reason": result.decision.reason,
-        "category": result.decision.category,
-        "decision": result.decision.to_dict(),
-        "failures": [vars(f) for f in result.failures],
-        "route_ms": round(result.route_ms, 3),
+        "experts": [answer.expert],
+        "router": decision.router,
+        "reason": decision.reason,
+        "category": decision.category,
+        "decision": decision.to_dict(),
+        "failures": [vars(f) for f in answer.failures],
+        "route_ms": round(plan.route_ms, 3),
         "request_id": request_id,
     }
-    if result.aggregation is not None:
-        meta.update(result.aggregation)  # experts, answers, aggregation, failures, usage
+    if answer.fanout is not None:
+        meta.update(answer.fanout)  # experts, answers, aggregation, failures, usage
     return meta
 
 
-def coe_headers(result: Completion | StreamStart, request_id: str) -> dict[str, str]:
+def coe_headers(plan: Plan, answer: Answer, request_id: str) -> dict[str, str]:
     headers = {
-        "x-coe-expert": ",".join(result.experts or [result.expert]),
-        "x-coe-router": result.decision.router,
+        "x-coe-expert": ",".join(answer.experts),
+        "x-coe-router": plan.decision.router,
         "x-request-id": request_id,
     }
-    if result.aggregator is not None:
-        headers["x-coe-aggregator"] = result.aggregator
+    if answer.aggregator is not None:
+        headers["x-coe-aggregator"] = answer.aggregator
     return headers
 
 
@@ -66,50 +68,50 @@ def coe_headers(result: Completion | StreamStart, request_id: str) -> dict[str, 
         }
     },
 )
-async def chat_completions(request: Request, services: ServicesDep, rid: RequestIdDep) -> Any:
-    raw = await read_json(request, services.settings.max_body_bytes)
+async def chat_completions(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> Any:
+    raw = await read_json(request, runtime.settings.max_body_bytes)
     req = ChatCompletionRequest.model_validate(raw)
-    if len(req.messages) > services.settings.max_messages:
+    if len(req.messages) > runtime.settings.max_messages:
         raise InvalidRequest(
             f"messages has {len(req.messages)} entries; the limit is "
-            f"{services.settings.max_messages}",
+            f"{runtime.settings.max_messages}",
             param="messages",
         )
     for key in ("max_tokens", "max_completion_tokens"):
         value = getattr(req, key)
-        if value is not None and value > services.settings.max_tokens_limit:
+        if value is not None and value > runtime.settings.max_tokens_limit:
             raise InvalidRequest(
-                f"{key} is {value}; the limit is {services.settings.max_tokens_limit}", param=key
+                f"{key} is {value}; the limit is {runtime.settings.max_tokens_limit}", param=key
             )
     if unknown := req.unknown_fields():
         log.info("request %s: passing unrecognised fields to the expert: %s", rid, unknown)
     body = req.upstream_body()
-    engine = services.engine
+    engine = runtime.engine
     plan = await engine.plan(body, rid)
-    metrics = services.metrics
+    metrics = runtime.metrics
     metrics.observe_route(plan.decision.router, plan.decision.chosen)
     if req.stream:
         want_usage = bool((req.stream_options or {}).get("include_usage"))
         if plan.fans_out:
             return await _fan_out_stream(engine, plan, body, rid, want_usage, metrics)
-        start = await engine.open_stream(body, rid, plan)
-        return _streaming(start, rid, want_usage, metrics)
-    result = await engine.complete(body, rid, plan)
-    metrics.observe_fallbacks([f.expert for f in result.failures])
-    metrics.observe_usage(result.expert, result.response.get("usage"))
-    response = dict(result.response)
-    response["coe"] = coe_meta(result, rid, response.get("model"))
-    response["model"] = result.expert
-    return JSONResponse(response, headers=coe_headers(result, rid))
+        opened = await engine.open_stream(plan, body)
+        return _streaming(plan, opened, rid, want_usage, metrics)
+    answer = await engine.complete(plan, body)
+    metrics.observe_fallbacks([f.expert for f in answer.failures])
+    metrics.observe_usage(answer.expert, answer.body.get("usage"))
+    response = dict(answer.body)
+    response["coe"] = coe_meta(plan, answer, rid, response.get("model"))
+    response["model"] = answer.expert
+    return JSONResponse(response, headers=coe_headers(plan, answer, rid))
 
 
 def _streaming(
-    start: StreamStart, rid: str, want_usage: bool, metrics: Metrics
+    plan: Plan, answer: Answer, rid: str, want_usage: bool, metrics: Metrics
 ) -> StreamingResponse:
     return StreamingResponse(
-        _sse(start, rid, want_usage, metrics),
+        _sse(plan, answer, rid, want_usage, metrics),
         media_type="text/event-stream",
-        headers={**coe_headers(start, rid), "cache-control": "no-cache"},
+        headers={**coe_headers(plan, answer, rid), "cache-control": "no-cache"},
     )
 
 
@@ -126,7 +128,7 @@ async def _fan_out_stream(
     Started early, the response has no x-coe-expert header yet: the first data chunk's
     `coe` field names the experts, and an error arrives as an error event.
     """
-    task = asyncio.create_task(engine.open_stream(body, rid, plan), name=f"stream-{rid}")
+    task = asyncio.create_task(engine.open_stream(plan, body), name=f"stream-{rid}")
     every = plan.aggregation.keepalive_s
     try:
         await asyncio.wait({task}, timeout=every)
@@ -134,17 +136,22 @@ async def _fan_out_stream(
         task.cancel()  # the request itself was cancelled: stop the experts too
         raise
     if task.done():
-        return _streaming(task.result(), rid, want_usage, metrics)
+        return _streaming(plan, task.result(), rid, want_usage, metrics)
     headers = {"x-coe-router": plan.decision.router, "cache-control": "no-cache"}
     return StreamingResponse(
-        _kept_alive(task, every, rid, want_usage, metrics),
+        _kept_alive(plan, task, every, rid, want_usage, metrics),
         media_type="text/event-stream",
         headers=headers,
     )
 
 
 async def _kept_alive(
-    task: asyncio.Task[StreamStart], every: float, rid: str, want_usage: bool, metrics: Metrics
+    plan: Plan,
+    task: asyncio.Task[Answer],
+    every: float,
+    rid: str,
+    want_usage: bool,
+    metrics: Metrics,
 ) -> AsyncIterator[bytes]:
     relayed = False
     try:
@@ -152,54 +159,47 @@ async def _kept_alive(
             yield encode_comment("keep-alive")
             await asyncio.wait({task}, timeout=every)
         try:
-            start = task.result()
+            answer = task.result()
         except CoeError as err:
             log.warning("request %s: fan-out failed after the stream began: %s", rid, err.message)
             yield encode_event(err.to_openai())
             return
         relayed = True
-        async for piece in _sse(start, rid, want_usage, metrics):
+        async for piece in _sse(plan, answer, rid, want_usage, metrics):
             yield piece
     finally:
         if not task.done():  # the client went away: stop the experts too
             task.cancel()
         elif not relayed and not task.cancelled() and task.exception() is None:
-            await task.result().rest.aclose()  # type: ignore[attr-defined]
+            await task.result().aclose()
 
 
 async def _sse(
-    start: StreamStart, rid: str, want_usage: bool, metrics: Metrics
+    plan: Plan, answer: Answer, rid: str, want_usage: bool, metrics: Metrics
 ) -> AsyncIterator[bytes]:
     """Relay the expert's chunks; a failure after the first token ends with an error event."""
-    metrics.observe_fallbacks([f.expert for f in start.failures])
+    metrics.observe_fallbacks([f.expert for f in answer.failures])
+    first_chunk, rest = answer.stream()
     try:
-        first = dict(start.first)
-        first["coe"] = coe_meta(start, rid, first.get("model"))
-        first["model"] = start.expert
+        first = dict(first_chunk)
+        first["coe"] = coe_meta(plan, answer, rid, first.get("model"))
+        first["model"] = answer.expert
         yield encode_event(_usage_filtered(first, want_usage) or first)
         try:
-            async for chunk in start.rest:
+            async for chunk in rest:
                 if chunk.get("usage"):
-                    metrics.observe_usage(start.expert, chunk["usage"])
-                out = _usage_filtered({**chunk, "model": start.expert}, want_usage)
+                    metrics.observe_usage(answer.expert, chunk["usage"])
+                out = _usage_filtered({**chunk, "model": answer.expert}, want_usage)
                 if out is not None:
                     yield encode_event(out)
         except UpstreamError as err:
-            log.warning("request %s: stream from %s broke: %s", rid, start.expert, err.message)
-            yield encode_event(
-                {
-                    "error": {
-                        "message": f"The expert stream broke before it finished: {err.message}",
-                        "type": err.error_type,
-                        "param": None,
-                        "code": "stream_interrupted",
-                    }
-                }
-            )
+            log.warning("request %s: stream from %s broke: %s", rid, answer.expert, err.message)
+            message = f"The expert stream broke before it finished: {err.message}"
+            yield encode_event(error_body(message, err.error_type, code="stream_interrupted"))
             return
         yield encode_event(DONE)
     finally:
-        await start.rest.aclose()  # type: ignore[attr-defined]
+        await answer.aclose()
 
 
 def _usage_filtered(chunk: dict[str, Any], want_usage: bool) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: handlers get services through these, never through globals."""
+"""FastAPI dependencies: handlers get the runtime through these, never through globals."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from coe.gateway.services import Services
+from coe.runtime import Runtime
 
 
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
 
 
 def request_id(request: Request) -> str:
@@ -24,5 +24,5 @@ def request_id(request: Request) -> str:
     return str(rid)
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 RequestIdDep = Annotated[str, Depends(request_id)]

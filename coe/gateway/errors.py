@@ -13,8 +13,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from coe.errors import CoeError, InvalidRequest, PayloadTooLarge, RateLimited, Unauthorized
-from coe.gateway.wire import validation_message
+from coe.errors import (
+    CoeError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    error_body,
+)
+from coe.protocol import validation_message
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +34,7 @@ def openai_error(
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    body = error_body(message, type_, param=param, code=code)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

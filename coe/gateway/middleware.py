@@ -11,7 +11,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coe.errors import RequestTimeout
+from coe.errors import RequestTimeout, error_body
 from coe.observability import Metrics, bind_request_id
 from coe.observability.logs import reset_request_id
 
@@ -20,9 +20,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 
 
 def _error(status: int, message: str, type_: str, code: str) -> bytes:
-    return json.dumps(
-        {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    ).encode()
+    return json.dumps(error_body(message, type_, code=code)).encode()
 
 
 class RequestContext:

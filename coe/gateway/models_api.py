@@ -6,16 +6,16 @@ import time
 
 from fastapi import APIRouter
 
-from coe.gateway.deps import ServicesDep
-from coe.gateway.wire import ModelCard, ModelList
+from coe.gateway.deps import RuntimeDep
 from coe.pipeline import AUTO, MODEL_PREFIX
+from coe.protocol import ModelCard, ModelList
 
 router = APIRouter()
 
 
 @router.get("/v1/models", response_model=ModelList)
-async def list_models(services: ServicesDep) -> ModelList:
-    engine = services.engine
+async def list_models(runtime: RuntimeDep) -> ModelList:
+    engine = runtime.engine
     now = int(time.time())
     cards = [
         ModelCard(
@@ -23,7 +23,7 @@ async def list_models(services: ServicesDep) -> ModelList:
             created=now,
             coe={
                 "kind": "pipeline",
-                "pipeline": services.config.default_pipeline,
+                "pipeline": runtime.config.default_pipeline,
             },
         )
     ]
@@ -50,7 +50,9 @@ async def list_models(services: ServicesDep) -> ModelList:
                     "kind": "expert",
                     "model": expert.model,
                     "description": expert.description,
-                    "categories": expert.categories,
+                    "categories": [
+                        c for c, names in engine.config.categories.items() if name in names
+                    ],
                 },
             )
         )

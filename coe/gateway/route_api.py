@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from coe.errors import InvalidRequest
-from coe.gateway.deps import RequestIdDep, ServicesDep
+from coe.gateway.deps import RequestIdDep, RuntimeDep
 from coe.gateway.errors import read_json
-from coe.gateway.wire import RouteRequest
 from coe.pipeline import query_text
+from coe.protocol import RouteRequest
 
 router = APIRouter()
 
@@ -24,15 +24,15 @@ router = APIRouter()
         }
     },
 )
-async def route(request: Request, services: ServicesDep, rid: RequestIdDep) -> dict[str, Any]:
-    req = RouteRequest.model_validate(await read_json(request, services.settings.max_body_bytes))
+async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dict[str, Any]:
+    req = RouteRequest.model_validate(await read_json(request, runtime.settings.max_body_bytes))
     if req.query is not None:
         query = req.query
     elif req.messages is not None:
         query = query_text([m.model_dump() for m in req.messages])
     else:
         raise InvalidRequest("Give either `query` or `messages`", param="query")
-    engine = services.engine
+    engine = runtime.engine
     target = engine.resolve(req.model)
     decision = await engine.decide(target, query, rid)
     return {"object": "coe.route", "model": req.model, "request_id": rid, **decision.to_dict()}

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from coe.experts.schema import LocalServer
-from coe.local.model import cache_dir, resolve_model
+from coe.local.model import cache_dir
 from coe.local.vllm_server import VllmServer
 
 log = logging.getLogger(__name__)
@@ -18,17 +18,7 @@ log = logging.getLogger(__name__)
 def servers_for(specs: list[LocalServer]) -> list[VllmServer]:
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    return [
-        VllmServer(
-            model_path=resolve_model(s.model),
-            port=s.port,
-            served_name=s.served_model_name,
-            cpu_core=s.cpu_core,
-            extra_args=list(s.args),
-            log_path=logs / f"{s.name}.log",
-        )
-        for s in specs
-    ]
+    return [VllmServer.of(s, log_path=logs / f"{s.log_name}.log") for s in specs]
 
 
 async def already_serving(server: VllmServer) -> bool:
@@ -44,8 +34,9 @@ async def already_serving(server: VllmServer) -> bool:
     return server.served_name in served
 
 
-async def start_all(servers: list[VllmServer], timeout_s: float = 400) -> dict[str, float]:
-    """Start every server at once (they load in parallel) and wait for all to be healthy.
+async def start_all(servers: list[VllmServer]) -> dict[str, float]:
+    """Start every server at once (they load in parallel) and wait for all to be healthy,
+    each for its own `start_timeout_s`.
 
     A port already answering for the same model is reused and left running at exit.
     """
@@ -56,7 +47,7 @@ async def start_all(servers: list[VllmServer], timeout_s: float = 400) -> dict[s
     for s in servers:
         s.start()
     try:
-        waited = await asyncio.gather(*(s.wait_healthy(timeout_s) for s in servers))
+        waited = await asyncio.gather(*(s.wait_healthy() for s in servers))
     except BaseException:
         stop_all(servers)
         raise

@@ -15,11 +15,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from coe.dispatch.http_errors import status_error, transport_error
 from coe.errors import UpstreamError
-from coe.local.model import cache_dir
+from coe.local.model import cache_dir, resolve_model
+
+if TYPE_CHECKING:
+    from coe.experts.schema import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,21 @@ class VllmServer:
     extra_args: list[str] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    start_timeout_s: float = 400.0
     process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def of(cls, spec: LocalServer, log_path: Path | None = None) -> VllmServer:
+        """The server a `LocalServer` entry describes; its model may be converted once (~30 s)."""
+        return cls(
+            resolve_model(spec.model),
+            spec.port,
+            spec.served_model_name,
+            cpu_core=spec.cpu_core,
+            extra_args=list(spec.args),
+            log_path=log_path,
+            start_timeout_s=spec.start_timeout_s,
+        )
 
     @property
     def base_url(self) -> str:
@@ -95,24 +114,39 @@ class VllmServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def wait_healthy(self, timeout_s: float = 300.0) -> float:
-        """Poll /health until 200; returns the seconds waited."""
+    async def wait_healthy(self, timeout_s: float | None = None) -> float:
+        """Poll /health until 200 (at most `start_timeout_s`); returns the seconds waited."""
+        limit = self.start_timeout_s if timeout_s is None else timeout_s
+        url = f"{self.base_url}/health"
+        last: UpstreamError | None = None
         started = time.monotonic()
         async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() - started < timeout_s:
+            while time.monotonic() - started < limit:
                 if self.process is not None and self.process.poll() is not None:
                     raise UpstreamError(
                         f"vLLM server {self.served_name} exited with code "
                         f"{self.process.returncode} during start-up"
-                        + (f"; see {self.log_path}" if self.log_path else "")
+                        + (f"; see {self.log_path}" if self.log_path else ""),
+                        url=self.base_url,
                     )
+                # Refusals are expected while the server boots; the last one explains a timeout.
                 try:
-                    if (await client.get(f"{self.base_url}/health")).status_code == 200:
+                    resp = await client.get(url)
+                except httpx.HTTPError as err:
+                    last = transport_error(err, f"GET {url}", url=self.base_url)
+                else:
+                    if resp.status_code == 200:
                         return time.monotonic() - started
-                except httpx.HTTPError:
-                    pass
+                    last = status_error(
+                        resp.status_code, resp.text, f"GET {url}", url=self.base_url
+                    )
                 await asyncio.sleep(0.5)
-        raise UpstreamError(f"vLLM server {self.served_name} not healthy after {timeout_s:.0f} s")
+        raise UpstreamError(
+            f"vLLM server {self.served_name} not healthy after {limit:.0f} s"
+            + (f" (last: {last.message})" if last else "")
+            + (f"; see {self.log_path}" if self.log_path else ""),
+            url=self.base_url,
+        )
 
     def stop(self, timeout_s: float = 20.0) -> None:
         proc = self.process

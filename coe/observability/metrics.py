@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 if TYPE_CHECKING:
     from coe.pool.metrics import PoolMetrics
@@ -39,8 +46,8 @@ class Metrics:
         )
         self.expert_latency = Histogram(
             "coe_expert_latency_seconds",
-            "Latency of expert calls",
-            ["expert"],
+            "Expert calls, one replica attempt each, to the whole answer (stream end)",
+            ["expert", "outcome"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -48,7 +55,10 @@ class Metrics:
             "coe_rate_limited", "Requests refused by a key's rate limit", registry=r
         )
         self.batch_items = Counter(
-            "coe_batch_items", "Batch items processed", ["status"], registry=r
+            "coe_batch_items",
+            "Batch lines answered by this process's workers",
+            ["status"],
+            registry=r,
         )
         self.registry_version = Gauge(
             "coe_registry_version", "Expert registry version seen by this replica", registry=r
@@ -72,9 +82,17 @@ class Metrics:
             if isinstance(value, int) and value > 0:
                 self.tokens.labels(expert, kind.removesuffix("_tokens")).inc(value)
 
+    def observe_expert_call(self, expert: str, seconds: float, ok: bool) -> None:
+        """`ExpertClient`'s observer: one replica attempt."""
+        self.expert_latency.labels(expert, "ok" if ok else "error").observe(seconds)
+
     def observe_fallbacks(self, experts: list[str]) -> None:
         for expert in experts:
             self.fallbacks.labels(expert).inc()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Expose these metrics on their own port (processes without the gateway: workers)."""
+        start_http_server(port, addr=host, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,23 +1,25 @@
 """Expert pools: which experts are resident on a shared device, swaps, and grouping work by expert.
 
-See docs/pools.md.
+What a swap controller plug-in is written against is exported here: `SwapController`,
+`ControllerParams`, `PoolContext`, `ExpertState`. See docs/pools.md.
 """
 
-from coe.pool.config import PoolSpec
-from coe.pool.controllers import CONTROLLERS, ExpertState, SwapController
+from coe.pool.controllers.base import ControllerParams, ExpertState, PoolContext, SwapController
 from coe.pool.metrics import PoolMetrics
 from coe.pool.offline import OfflineSchedule, run_in_order
 from coe.pool.pool import Pool
 from coe.pool.pools import PoolSet, build_pools
+from coe.pool.registry import ControllerRegistry
 
 __all__ = [
-    "CONTROLLERS",
+    "ControllerParams",
+    "ControllerRegistry",
     "ExpertState",
     "OfflineSchedule",
     "Pool",
+    "PoolContext",
     "PoolMetrics",
     "PoolSet",
-    "PoolSpec",
     "SwapController",
     "build_pools",
     "run_in_order",

@@ -8,14 +8,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
-from coe.errors import ConfigError
-from coe.pool.controllers import CONTROLLERS
+from coe.pool.controllers.base import PoolContext
 from coe.pool.metrics import PoolMetrics
 from coe.pool.pool import Pool
+from coe.pool.registry import ControllerRegistry
 
 if TYPE_CHECKING:
     from coe.experts.schema import CoeConfig
@@ -62,20 +63,30 @@ class PoolSet:
 
 
 def build_pools(
-    config: CoeConfig, http: httpx.AsyncClient, metrics: PoolMetrics | None = None
+    config: CoeConfig,
+    http: httpx.AsyncClient,
+    metrics: PoolMetrics | None = None,
+    *,
+    base_dir: Path | None = None,
+    controllers: ControllerRegistry | None = None,
 ) -> PoolSet:
-    """Pools and their controllers from the config; no I/O until `start()`."""
+    """Pools and their controllers from the config; no I/O until `start()`.
+
+    Controller kinds come from `controllers`, else from the installed entry points and the
+    config's `controllers_dirs` (relative to `base_dir`, the folder of experts.yaml).
+    """
     metrics = metrics or PoolMetrics()
+    if not config.pools:
+        return PoolSet({}, metrics)
+    controllers = controllers or ControllerRegistry.load(config.controllers_dirs, base_dir)
     pools: dict[str, Pool] = {}
     for name, spec in config.pools.items():
         members = [e for e in config.experts if e.pool == name]
         if not members:
+            controllers.resolve(name, spec)  # still refuse a typo in an unused pool
             log.warning("pool %s has no experts", name)
             continue
-        controller_cls = CONTROLLERS.get(spec.controller)
-        if controller_cls is None:
-            raise ConfigError(f"pool {name}: unknown controller {spec.controller!r}")
-        controller = controller_cls.from_spec(spec, members, http)
+        controller = controllers.build(PoolContext(name, spec, members, http))
         pools[name] = Pool(
             name,
             controller,

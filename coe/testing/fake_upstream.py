@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from coe.testing.server import ServedApp
+from coe.testing._runner import ThreadedServer
 
 Mode = Literal["ok", "status", "hang", "cut", "stall", "garbage"]
 
@@ -171,12 +172,12 @@ async def _chunks(
     yield b"data: [DONE]\n\n"
 
 
-class FakeUpstream(ServedApp):
-    """The fake server on a loopback port in a background thread."""
+class FakeUpstream:
+    """The fake server on a loopback port, served by uvicorn from a background thread."""
 
     def __init__(self, name: str = "fake", port: int = 0, host: str = "127.0.0.1"):
         self.state = UpstreamState(name=name)
-        super().__init__(make_fake_app(self.state), host=host, port=port, lifespan="off")
+        self._server = ThreadedServer(make_fake_app(self.state), host, port, lifespan="off")
 
     @property
     def fault(self) -> Fault:
@@ -186,9 +187,24 @@ class FakeUpstream(ServedApp):
     def fault(self, value: Fault) -> None:
         self.state.fault = value
 
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def base_url(self) -> str:
+        return self._server.base_url
+
     def start(self, timeout_s: float = 30) -> FakeUpstream:
-        super().start(timeout_s)
+        self._server.start(timeout_s)
         return self
+
+    def stop(self) -> None:
+        self._server.stop()
 
     def __enter__(self) -> FakeUpstream:
         return self.start()
@@ -200,8 +216,6 @@ class FakeUpstream(ServedApp):
 def main() -> None:
     """`python -m coe.testing --port 8301 --name fast`: serve the fake upstream in this process."""
     import argparse
-
-    import uvicorn
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--host", default="127.0.0.1")

@@ -11,7 +11,7 @@ import pytest
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
-from coe.testing.server import ServedApp
+from tests.support.server import ServedApp
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -22,8 +22,8 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream, Fault
-from coe.testing.net import delete_prefix
-from coe.testing.server import ServedApp
+from tests.support.net import delete_prefix, free_port
+from tests.support.server import ServedApp
 
 pytestmark = pytest.mark.redis
 REPO = Path(__file__).resolve().parents[2]
@@ -77,9 +77,9 @@ class Deployment:
         self.http = httpx.Client(base_url=self.server.base_url, timeout=30)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start_worker(self, name: str) -> None:
+    def start_worker(self, name: str, *extra: str) -> None:
         self.workers[name] = subprocess.Popen(
-            [sys.executable, "-m", "coe.cli", "worker", "--name", name], env=self.env
+            [sys.executable, "-m", "coe.cli", "worker", "--name", name, *extra], env=self.env
         )
 
     def submit(self, content: bytes) -> dict[str, Any]:
@@ -146,7 +146,8 @@ def assert_exactly_once(results: list[dict[str, Any]], n: int) -> None:
 
 
 def test_bad_lines_become_error_results(deploy: Deployment) -> None:
-    deploy.start_worker("w1")
+    metrics_port = free_port()
+    deploy.start_worker("w1", "--metrics-port", str(metrics_port))
     content = jsonl(
         [
             request(0),
@@ -172,6 +173,11 @@ def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     assert "messages" in by_line[6]["error"]["message"]
     assert by_line[7]["response"]["body"]["coe"]["expert"] == "e1"
     assert job["request_counts"] == {"total": 8, "completed": 2, "failed": 6}
+    # the worker counts the lines it answered (bad lines were answered at submission)
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'coe_batch_items_total{status="completed"} 2.0' in metrics
+    assert 'coe_batch_items_total{status="failed"} 1.0' in metrics
+    assert 'coe_expert_latency_seconds_count{expert="e1",outcome="ok"}' in metrics
 
 
 def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
@@ -218,7 +224,10 @@ def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
         u.fault = Fault(delay_s=0.3)
     deploy.start_worker("w1")
     job_id = deploy.submit(jsonl([request(i) for i in range(40)]))["id"]
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # the worker may take a while to start on a busy machine
+    while deploy.http.get(f"/v1/batches/{job_id}").json()["request_counts"]["completed"] == 0:
+        assert time.monotonic() < deadline, "no line was answered within 60 s"
+        time.sleep(0.05)
     r = deploy.http.post(f"/v1/batches/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert deploy.http.post(f"/v1/batches/{job_id}/cancel").status_code == 409

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from coe.deploy.cli import deploy_group
+from coe.cli.deploy import deploy_group
 from coe.deploy.compose import (
     check_compose,
     check_config,

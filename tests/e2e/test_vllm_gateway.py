@@ -11,7 +11,7 @@ import pytest
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
-from coe.testing.server import ServedApp
+from tests.support.server import ServedApp
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[2]

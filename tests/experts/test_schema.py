@@ -52,6 +52,16 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
         (lambda d: d.update(default_expert="zzz"), "default_expert 'zzz' is not a listed expert"),
         (lambda d: d["experts"][1].update(name="a"), "duplicate expert names: a"),
         (lambda d: d.update(categories={"math": ["nobody"]}), "categories.math names unknown"),
+        # The `categories:` table is the one category map; experts carry none of their own.
+        (
+            lambda d: d["experts"][0].update(categories=["math"]),
+            "experts.0.categories: unknown key",
+        ),
+        (lambda d: d.update(pools={"gpu": {"capacity": 0}}), "pools.gpu.capacity"),
+        (
+            lambda d: d.update(local_servers=[{"served_model_name": "m", "port": 1, "x": 1}]),
+            "local_servers.0.x: unknown key",
+        ),
         (
             lambda d: d.update(pipelines={"auto": {"routers": ["missing"]}}),
             "pipelines.auto.routers names unknown router 'missing'",
@@ -77,3 +87,20 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_local_servers_and_pools(tmp_path: Path) -> None:
+    data = {
+        **BASE,
+        "local_servers": [{"served_model_name": "smol", "port": 8101, "start_timeout_s": 30}],
+        "pools": {"gpu": {"controller": "my-own-kind", "params": {"free": "form"}}},
+    }
+    cfg = load_config(write(tmp_path, data))
+    server = cfg.local_servers[0]
+    assert (server.log_name, server.start_timeout_s, server.model) == (
+        "smol",
+        30,
+        "builtin:smollm2-135m-instruct",
+    )
+    # The kind and its params are the controller plug-in's to check, when pools are built.
+    assert cfg.pools["gpu"].controller == "my-own-kind" and cfg.controllers_dirs == []

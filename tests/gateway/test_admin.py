@@ -1,19 +1,25 @@
-"""Admin API: the token guards every route; experts CRUD; secrets never echoed; API keys."""
+"""Admin API: the token guards every route; experts CRUD; secrets never echoed; API keys.
+
+In process, each test but the route matrix on a fresh gateway; the health probe, which
+proves real connections and a real refused one, over real HTTP.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from coe.config import Settings
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream
-from coe.testing.server import ServedApp
+from tests.support.asgi import InProcessUpstream, asgi_client, route_to, running_gateway
+from tests.support.server import ServedApp
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "admin-token-for-tests-0123456789"
@@ -32,29 +38,43 @@ def config_for(url: str) -> CoeConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream("up") as up:
-        yield up
+def admin_settings() -> Settings:
+    return Settings(admin_token=TOKEN, require_api_key=True)  # type: ignore[arg-type]
 
 
+# -- in process ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def gateway(upstream: FakeUpstream) -> Iterator[str]:
-    settings = Settings(admin_token=TOKEN, require_api_key=True)  # type: ignore[arg-type]
-    server = ServedApp(create_app(settings, config_for(upstream.base_url))).start()
-    yield server.base_url
-    server.stop()
+def upstream() -> InProcessUpstream:
+    return InProcessUpstream("up")
 
 
 @pytest.fixture
-def admin(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway, headers={"authorization": f"Bearer {TOKEN}"}) as c:
+async def app(upstream: InProcessUpstream) -> AsyncIterator[FastAPI]:
+    config = config_for(upstream.base_url)
+    async with running_gateway(admin_settings(), config, route_to(upstream)) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+async def admin(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(app, headers={"authorization": f"Bearer {TOKEN}"}) as c:
         yield c
 
 
 @pytest.fixture
-def anon(gateway: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway) as c:
+async def anon(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def shared_anon(upstream: InProcessUpstream) -> AsyncIterator[httpx.AsyncClient]:
+    """One gateway for the many requests that change nothing."""
+    config = config_for(upstream.base_url)
+    async with (
+        running_gateway(admin_settings(), config, route_to(upstream)) as gateway,
+        asgi_client(gateway) as c,
+    ):
         yield c
 
 
@@ -73,8 +93,8 @@ ADMIN_ROUTES = [
 ]
 
 
-def test_every_admin_route_is_listed_here(gateway: str) -> None:
-    schema = httpx.get(f"{gateway}/openapi.json").json()
+async def test_every_admin_route_is_listed_here(shared_anon: httpx.AsyncClient) -> None:
+    schema = (await shared_anon.get("/openapi.json")).json()
     served = {
         (m.upper(), p.replace("{name}", "alpha").replace("{key_id}", "key-1"))
         for p, ops in schema["paths"].items()
@@ -86,11 +106,11 @@ def test_every_admin_route_is_listed_here(gateway: str) -> None:
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token-0123456789", "Basic abc", TOKEN])
-def test_admin_routes_need_the_token(
-    anon: httpx.Client, method: str, path: str, auth: str | None
+async def test_admin_routes_need_the_token(
+    shared_anon: httpx.AsyncClient, method: str, path: str, auth: str | None
 ) -> None:
     headers = {"authorization": auth} if auth else {}
-    r = anon.request(method, path, headers=headers, json={})
+    r = await shared_anon.request(method, path, headers=headers, json={})
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
     assert r.headers["www-authenticate"] == "Bearer"
@@ -103,7 +123,9 @@ def test_placeholder_admin_token_refused_at_start() -> None:
     create_app(Settings(dev_mode=True), config_for("http://127.0.0.1:9"))
 
 
-def test_expert_crud_and_secrets(admin: httpx.Client, upstream: FakeUpstream) -> None:
+async def test_expert_crud_and_secrets(
+    admin: httpx.AsyncClient, anon: httpx.AsyncClient, upstream: InProcessUpstream
+) -> None:
     new = {
         "name": "beta",
         "model": "m",
@@ -111,27 +133,27 @@ def test_expert_crud_and_secrets(admin: httpx.Client, upstream: FakeUpstream) ->
         "api_key": "sk-upstream-secret",
         "description": "second",
     }
-    r = admin.post("/admin/experts", json=new)
+    r = await admin.post("/admin/experts", json=new)
     assert r.status_code == 201, r.text
     assert "sk-upstream-secret" not in r.text and r.json()["has_api_key"] is True
-    assert admin.post("/admin/experts", json=new).status_code == 409
-    listed = admin.get("/admin/experts")
+    assert (await admin.post("/admin/experts", json=new)).status_code == 409
+    listed = await admin.get("/admin/experts")
     assert "sk-upstream-secret" not in listed.text
     assert [e["name"] for e in listed.json()["data"]] == ["alpha", "beta"]
-    r = admin.patch("/admin/experts/beta", json={"description": "changed", "cost": 2.5})
+    r = await admin.patch("/admin/experts/beta", json={"description": "changed", "cost": 2.5})
     assert r.json()["description"] == "changed" and r.json()["cost"] == 2.5
     assert r.json()["has_api_key"] is True  # untouched fields stay
     # the new expert serves at once, with its upstream key sent upstream only
-    key = admin.post("/admin/keys", json={"name": "crud"}).json()["key"]
-    chat = httpx.post(
-        f"{admin.base_url}/v1/chat/completions",
+    key = (await admin.post("/admin/keys", json={"name": "crud"})).json()["key"]
+    chat = await anon.post(
+        "/v1/chat/completions",
         json={"model": "beta", "messages": MSG},
         headers={"authorization": f"Bearer {key}"},
     )
     assert chat.status_code == 200 and chat.headers["x-coe-expert"] == "beta"
-    assert admin.delete("/admin/experts/beta").status_code == 204
-    assert admin.get("/admin/experts/beta").status_code == 404
-    assert admin.delete("/admin/experts/alpha").status_code == 409  # the default expert
+    assert (await admin.delete("/admin/experts/beta")).status_code == 204
+    assert (await admin.get("/admin/experts/beta")).status_code == 404
+    assert (await admin.delete("/admin/experts/alpha")).status_code == 409  # the default expert
 
 
 @pytest.mark.parametrize(
@@ -144,13 +166,81 @@ def test_expert_crud_and_secrets(admin: httpx.Client, upstream: FakeUpstream) ->
         ({"name": "x", "endpoints": ["http://h"]}, "model"),
     ],
 )
-def test_invalid_expert_rejected(admin: httpx.Client, body: dict, needle: str) -> None:
-    r = admin.post("/admin/experts", json=body)
+async def test_invalid_expert_rejected(admin: httpx.AsyncClient, body: dict, needle: str) -> None:
+    r = await admin.post("/admin/experts", json=body)
     assert r.status_code == 400
     assert needle in r.json()["error"]["message"]
 
 
-def test_health_probe(admin: httpx.Client, upstream: FakeUpstream) -> None:
+async def test_api_keys_and_rate_limit(admin: httpx.AsyncClient, anon: httpx.AsyncClient) -> None:
+    chat = {"model": "alpha", "messages": MSG}
+    r = await anon.post("/v1/chat/completions", json=chat)
+    assert r.status_code == 401 and "Missing API key" in r.json()["error"]["message"]
+    r = await anon.post(
+        "/v1/chat/completions", json=chat, headers={"authorization": "Bearer coe-sk-nope"}
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    created = (await admin.post("/admin/keys", json={"name": "app", "rate_limit_rpm": 3})).json()
+    secret = created["key"]
+    assert secret.startswith("coe-sk-")
+    listed = (await admin.get("/admin/keys")).text
+    assert secret not in listed and created["id"] in listed
+    auth = {"authorization": f"Bearer {secret}"}
+    codes = [
+        (await anon.post("/v1/chat/completions", json=chat, headers=auth)).status_code
+        for _ in range(4)
+    ]
+    assert codes == [200, 200, 200, 429]
+    r = await anon.get("/v1/models", headers=auth)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert (await admin.delete(f"/admin/keys/{created['id']}")).status_code == 204
+    assert (await anon.get("/v1/models", headers=auth)).status_code == 401
+    assert (await admin.delete(f"/admin/keys/{created['id']}")).status_code == 404
+
+
+async def test_metrics_content(admin: httpx.AsyncClient, anon: httpx.AsyncClient) -> None:
+    key = (await admin.post("/admin/keys", json={"name": "metrics"})).json()["key"]
+    auth = {"authorization": f"Bearer {key}"}
+    chat = {"model": "coe/auto", "messages": MSG}
+    await anon.post("/v1/chat/completions", json=chat, headers=auth)
+    text = (await anon.get("/metrics")).text
+    assert 'coe_requests_total{method="POST",path="/v1/chat/completions",status="200"}' in text
+    assert 'coe_request_latency_seconds_bucket{le="0.005",path="/v1/chat/completions"}' in text
+    assert "coe_rate_limited_total" in text and "coe_registry_version" in text
+    assert 'coe_route_decisions_total{expert="alpha",router="default"}' in text
+    assert 'coe_tokens_total{expert="alpha",kind="completion"}' in text
+    assert 'coe_expert_latency_seconds_count{expert="alpha",outcome="ok"} 1.0' in text
+    # a static pool never swaps, but every admission is timed
+    assert 'coe_pool_wait_seconds_count{expert="alpha",pool="dev0"}' in text
+
+
+async def test_request_id_header_everywhere(shared_anon: httpx.AsyncClient) -> None:
+    r = await shared_anon.get("/v1/nothing", headers={"x-request-id": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    r = await shared_anon.get("/health", headers={"x-request-id": "bad id with spaces"})
+    assert r.headers["x-request-id"].startswith("req-")
+
+
+# -- over real HTTP ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served_upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream("up") as up:
+        yield up
+
+
+@pytest.fixture
+def real_admin(served_upstream: FakeUpstream) -> Iterator[httpx.Client]:
+    app = create_app(admin_settings(), config_for(served_upstream.base_url))
+    server = ServedApp(app).start()
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=server.base_url, headers=headers) as c:
+        yield c
+    server.stop()
+
+
+def test_health_probe(real_admin: httpx.Client) -> None:
+    admin = real_admin
     r = admin.get("/admin/experts/alpha/health").json()
     assert r["ok"] is False  # the fake serves model "up", the expert asks for "m"
     assert r["endpoints"][0]["health"] == 200 and r["endpoints"][0]["models"] == ["up"]
@@ -162,54 +252,3 @@ def test_health_probe(admin: httpx.Client, upstream: FakeUpstream) -> None:
     dead = admin.get("/admin/experts/gone/health").json()
     assert dead["ok"] is False and "ConnectError" in dead["endpoints"][0]["error"]
     admin.delete("/admin/experts/gone")
-
-
-def test_api_keys_and_rate_limit(admin: httpx.Client, anon: httpx.Client) -> None:
-    r = anon.post("/v1/chat/completions", json={"model": "alpha", "messages": MSG})
-    assert r.status_code == 401 and "Missing API key" in r.json()["error"]["message"]
-    r = anon.post(
-        "/v1/chat/completions",
-        json={"model": "alpha", "messages": MSG},
-        headers={"authorization": "Bearer coe-sk-nope"},
-    )
-    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    created = admin.post("/admin/keys", json={"name": "app", "rate_limit_rpm": 3}).json()
-    secret = created["key"]
-    assert secret.startswith("coe-sk-")
-    listed = admin.get("/admin/keys").text
-    assert secret not in listed and created["id"] in listed
-    auth = {"authorization": f"Bearer {secret}"}
-    codes = [
-        anon.post(
-            "/v1/chat/completions", json={"model": "alpha", "messages": MSG}, headers=auth
-        ).status_code
-        for _ in range(4)
-    ]
-    assert codes == [200, 200, 200, 429]
-    r = anon.get("/v1/models", headers=auth)
-    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
-    assert r.json()["error"]["type"] == "rate_limit_error"
-    assert admin.delete(f"/admin/keys/{created['id']}").status_code == 204
-    assert anon.get("/v1/models", headers=auth).status_code == 401
-    assert admin.delete(f"/admin/keys/{created['id']}").status_code == 404
-
-
-def test_metrics_content(admin: httpx.Client, anon: httpx.Client) -> None:
-    key = admin.post("/admin/keys", json={"name": "metrics"}).json()["key"]
-    auth = {"authorization": f"Bearer {key}"}
-    anon.post("/v1/chat/completions", json={"model": "coe/auto", "messages": MSG}, headers=auth)
-    text = anon.get("/metrics").text
-    assert 'coe_requests_total{method="POST",path="/v1/chat/completions",status="200"}' in text
-    assert 'coe_request_latency_seconds_bucket{le="0.005",path="/v1/chat/completions"}' in text
-    assert "coe_rate_limited_total" in text and "coe_registry_version" in text
-    assert 'coe_route_decisions_total{expert="alpha",router="default"}' in text
-    assert 'coe_tokens_total{expert="alpha",kind="completion"}' in text
-    # a static pool never swaps, but every admission is timed
-    assert 'coe_pool_wait_seconds_count{expert="alpha",pool="dev0"}' in text
-
-
-def test_request_id_header_everywhere(anon: httpx.Client) -> None:
-    r = anon.get("/v1/nothing", headers={"x-request-id": "trace-42"})
-    assert r.headers["x-request-id"] == "trace-42"
-    r = anon.get("/health", headers={"x-request-id": "bad id with spaces"})
-    assert r.headers["x-request-id"].startswith("req-")

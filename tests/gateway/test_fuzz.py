@@ -18,7 +18,7 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream
-from coe.testing.server import ServedApp
+from tests.support.server import ServedApp
 
 REPO = Path(__file__).resolve().parents[2]
 

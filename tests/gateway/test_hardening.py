@@ -1,4 +1,5 @@
-"""Slow and oversized clients against a real `coe serve` process."""
+"""Slow and oversized clients against a real `coe serve` process; bounds that need no
+socket in process."""
 
 from __future__ import annotations
 
@@ -14,31 +15,30 @@ import httpx
 import pytest
 import yaml
 
-from coe.testing.net import free_port, wait_healthy
+from coe.config import Settings
+from coe.experts.schema import CoeConfig
+from tests.support.asgi import HostRouter, gateway_client
+from tests.support.net import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG = {
+    "experts": [{"name": "a", "model": "m", "endpoints": ["http://127.0.0.1:9"]}],
+    "default_expert": "a",
+    "pipelines": {"auto": {"routers": ["default"]}},
+    "routers_dirs": [str(REPO / "routers")],
+}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     cfg = tmp_path_factory.mktemp("hard") / "experts.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "experts": [{"name": "a", "model": "m", "endpoints": ["http://127.0.0.1:9"]}],
-                "default_expert": "a",
-                "pipelines": {"auto": {"routers": ["default"]}},
-                "routers_dirs": [str(REPO / "routers")],
-            }
-        )
-    )
+    cfg.write_text(yaml.safe_dump(CONFIG))
     port = free_port()
     env = {
         **os.environ,
         "COE_DEV_MODE": "1",
         "COE_BODY_TIMEOUT_S": "1",
         "COE_MAX_HEADER_BYTES": "4096",
-        "COE_MAX_TOKENS_LIMIT": "1000",
         "COE_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen(
@@ -83,11 +83,18 @@ def test_oversized_header_refused(served: int) -> None:
     assert r.status_code in (400, 431)
 
 
-def test_max_tokens_bound(served: int) -> None:
-    r = httpx.post(
-        f"http://127.0.0.1:{served}/v1/chat/completions",
-        json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
-    )
+async def test_max_tokens_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COE_MAX_TOKENS_LIMIT", "1000")
+    config = CoeConfig.model_validate(CONFIG)
+    async with gateway_client(Settings(dev_mode=True), config, HostRouter()) as http:
+        r = await http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "a",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 5000,
+            },
+        )
     assert r.status_code == 400
     assert "max_tokens" in r.json()["error"]["message"]
     assert "1000" in r.json()["error"]["message"]

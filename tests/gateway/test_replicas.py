@@ -1,4 +1,5 @@
-"""Several gateway replicas on one Redis: changes propagate; a Redis outage is survived."""
+"""Several gateway replicas on one Redis: changes propagate (two `coe serve` processes); a
+Redis outage is survived (in process, behind a TCP proxy that can be cut)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,10 @@ import yaml
 
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
-from coe.gateway import create_app
 from coe.testing import FakeUpstream
-from coe.testing.net import delete_prefix, free_port, wait_healthy
-from coe.testing.server import ServedApp
-from coe.testing.tcp_proxy import TcpProxy
+from tests.support.asgi import InProcessUpstream, gateway_client, route_to
+from tests.support.net import delete_prefix, free_port, wait_healthy
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.redis
 REPO = Path(__file__).resolve().parents[2]
@@ -119,8 +119,11 @@ def test_changes_reach_the_other_replica(two_gateways: list[str], upstream: Fake
     assert eventually(lambda: "coe/wide" in model_ids(b), timeout_s=3)
 
 
-async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
-    """Chat answers from the last snapshot while Redis is cut; admin writes get a clear 503."""
+async def test_redis_outage_keeps_chat_serving() -> None:
+    """Chat answers from the last snapshot while Redis is cut; admin writes get a clear 503.
+
+    The gateway runs in process: the connection that matters is the one to Redis."""
+    upstream = InProcessUpstream("up")
     proxy = await TcpProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])).start()
     prefix = f"coe-test-outage:{uuid.uuid4().hex[:10]}:"
     settings = Settings(
@@ -130,14 +133,10 @@ async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
         registry_poll_s=0.2,
         require_api_key=True,
     )
-    server = ServedApp(
-        create_app(settings, CoeConfig.model_validate(config_dict(upstream.base_url)))
-    )
-    # the proxy runs on this test's event loop: keep it free while the server starts
-    await asyncio.to_thread(server.start)
+    config = CoeConfig.model_validate(config_dict(upstream.base_url))
     chat = {"model": "coe/auto", "messages": MSG}
     try:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        async with gateway_client(settings, config, route_to(upstream)) as http:
             made = await http.post("/admin/keys", json={"name": "k"}, headers=ADMIN)
             http.headers["authorization"] = f"Bearer {made.json()['key']}"
             assert (await http.post("/v1/chat/completions", json=chat)).status_code == 200
@@ -172,6 +171,5 @@ async def test_redis_outage_keeps_chat_serving(upstream: FakeUpstream) -> None:
             r = await http.post("/v1/chat/completions", json={**chat, "model": "delta"})
             assert r.status_code == 200
     finally:
-        await asyncio.to_thread(server.stop)
         await proxy.cut()
         await asyncio.to_thread(delete_prefix, REDIS_URL, prefix)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-
-import httpx
+from typing import Any
 
 from coe.errors import UpstreamError
-from coe.experts.schema import ExpertSpec
-from coe.pool import ExpertState, Pool, PoolSpec, SwapController
+from coe.pool import ExpertState, Pool, PoolContext, SwapController
 
 
 class FakeController(SwapController):
@@ -23,9 +21,7 @@ class FakeController(SwapController):
         self.fail: set[str] = set()
 
     @classmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> FakeController:
+    def from_config(cls, params: Any, pool: PoolContext) -> FakeController:
         return cls()
 
     async def start(self) -> set[str]:

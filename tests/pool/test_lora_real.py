@@ -15,8 +15,8 @@ from coe.dispatch import ExpertClient
 from coe.errors import ConfigError
 from coe.experts.schema import parse_config
 from coe.pool import ExpertState, OfflineSchedule, Pool, build_pools
-from coe.pool.controllers import SleepController
-from coe.testing.net import free_port
+from coe.pool.controllers.sleep import SleepController
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.vllm
 
@@ -32,7 +32,7 @@ BODY = {
 def lora_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
     from coe.local.model import ensure_smollm2
     from coe.local.vllm_server import VllmServer
-    from coe.pool.adapters import make_random_adapters
+    from tools.lora_adapters import make_random_adapters
 
     base = ensure_smollm2()
     server = VllmServer(
@@ -47,7 +47,7 @@ def lora_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     server.start()  # adapters are made while the server boots
     try:
         adapters = make_random_adapters(base, tmp_path_factory.mktemp("lora"), ADAPTERS)
-        asyncio.run(server.wait_healthy(timeout_s=400))
+        asyncio.run(server.wait_healthy())
         yield server.base_url, adapters
     finally:
         server.stop()

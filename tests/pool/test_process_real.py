@@ -10,7 +10,7 @@ import pytest
 from coe.dispatch import ExpertClient
 from coe.experts.schema import ExpertSpec, parse_config
 from coe.pool import ExpertState, Pool, build_pools
-from coe.testing.net import free_port
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.vllm
 

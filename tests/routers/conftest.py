@@ -1,5 +1,5 @@
-"""Fixtures for router tests: the real encoder (once per session), real data slices, a real
-ChatCaller posting to the vLLM expert, and a counting wrapper around it."""
+"""Fixtures for router tests: the real encoder (once per session), real data slices
+(tests/data/), a real ChatCaller posting to the vLLM expert, and a counting wrapper around it."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def encoders() -> EncoderCache:
 
 
 @pytest.fixture(scope="session")
-def mmlu(shared_data: Path) -> tuple[list[LabelledExample], list[LabelledExample]]:
+def mmlu(data_dir: Path) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """MMLU-Pro: 10 questions per category to train on, the next 4 to test (14 categories)."""
-    items = load_labelled(shared_data / "mmlu_pro" / "validation.jsonl")
+    items = load_labelled(data_dir / "mmlu_pro" / "validation.jsonl")
     seen: dict[str, int] = {}
     train, test = [], []
     for e in items:
@@ -53,17 +53,11 @@ def mmlu(shared_data: Path) -> tuple[list[LabelledExample], list[LabelledExample
 
 
 @pytest.fixture(scope="session")
-def outcomes(shared_data: Path) -> tuple[list[OutcomeExample], list[OutcomeExample]]:
-    """LLMRouter outcomes: short queries only (fast to encode), 40 per task, split 3:1."""
-    rows = load_outcomes(shared_data / "llmrouter" / "train.jsonl")
-    per: dict[str, int] = {}
-    picked = []
-    for r in rows:
-        if len(r.text) < 600 and per.get(r.task or "", 0) < 40:
-            per[r.task or ""] = per.get(r.task or "", 0) + 1
-            picked.append(r)
-    train = [r for i, r in enumerate(picked) if i % 4]
-    return train, [r for i, r in enumerate(picked) if not i % 4]
+def outcomes(data_dir: Path) -> tuple[list[OutcomeExample], list[OutcomeExample]]:
+    """LLMRouter outcomes: the slice's short queries (up to 40 per task), split 3:1."""
+    rows = load_outcomes(data_dir / "llmrouter" / "train.jsonl")
+    train = [r for i, r in enumerate(rows) if i % 4]
+    return train, [r for i, r in enumerate(rows) if not i % 4]
 
 
 def make_config(

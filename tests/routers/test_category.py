@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from coe.cli.build import build_group
 from coe.eval.builders import category_map, category_scores
-from coe.routing.build_cli import build_group
 from coe.routing.data import LabelledExample, OutcomeExample, load_models
 from coe.routing.encoders import EncoderCache
 
@@ -72,11 +72,11 @@ async def test_low_confidence_goes_to_the_generalist(
 
 async def test_expected_score_mode_uses_outcome_tables(
     encoders: EncoderCache,
-    shared_data: Path,
+    data_dir: Path,
     outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
 ) -> None:
     train, test = outcomes
-    models = load_models(shared_data / "llmrouter" / "models.json")
+    models = load_models(data_dir / "llmrouter" / "models.json")
     costs = {m: i.cost for m, i in models.items()}
     config = make_config(sorted(models), costs=costs)
     router = make_router("category", {"C": 10.0}, config, encoders)
@@ -97,7 +97,7 @@ async def test_expected_score_mode_uses_outcome_tables(
 
 def test_category_map_picks_the_best_expert_per_task(
     outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
-    shared_data: Path,
+    data_dir: Path,
     tmp_path: Path,
 ) -> None:
     train, _ = outcomes
@@ -106,7 +106,7 @@ def test_category_map_picks_the_best_expert_per_task(
         rows = [r for r in train if r.task == task]
         means = {m: np.mean([r.scores[m] for r in rows]) for m in rows[0].scores}
         assert means[winner] == pytest.approx(max(means.values()))
-    data = shared_data / "llmrouter"
+    data = data_dir / "llmrouter"
     result = CliRunner().invoke(
         build_group,
         [

@@ -1,4 +1,4 @@
-"""The data loaders on the real shared files, deterministic splits, and the real encoder."""
+"""The data loaders on slices of the real data sets, deterministic splits, the real encoder."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from coe.routing.data import kfold, load_labelled, load_models, load_outcomes, s
 from coe.routing.encoders import EncoderCache
 
 
-def test_loaders_read_the_three_formats(shared_data: Path) -> None:
-    rows = load_outcomes(shared_data / "llmrouter" / "train.jsonl")
-    assert len(rows) == 5608 and len(rows[0].scores) == 9 and rows[0].task
-    models = load_models(shared_data / "llmrouter" / "models.json")
+def test_loaders_read_the_three_formats(data_dir: Path) -> None:
+    rows = load_outcomes(data_dir / "llmrouter" / "train.jsonl")
+    assert len(rows) == 524 and len(rows[0].scores) == 9 and rows[0].task
+    models = load_models(data_dir / "llmrouter" / "models.json")
     assert set(models) == set(rows[0].scores)
     assert models["gemma-2-9b-it"].cost == pytest.approx(0.1)
-    mmlu = load_labelled(shared_data / "mmlu_pro" / "validation.jsonl")
-    assert len(mmlu) == 350 and len({e.label for e in mmlu}) == 14
-    hc = load_labelled(shared_data / "healthcare_routes" / "evaluation.csv")
+    mmlu = load_labelled(data_dir / "mmlu_pro" / "validation.jsonl")
+    assert len(mmlu) == 196 and len({e.label for e in mmlu}) == 14
+    hc = load_labelled(data_dir / "healthcare_routes" / "evaluation.csv")
     assert len(hc) == 103
     assert sum(e.label is None for e in hc) == 19  # utterances that must match no route
     assert any(e.alternates for e in hc)
-    test = load_labelled(shared_data / "healthcare_routes" / "evaluation.csv", "test")
+    test = load_labelled(data_dir / "healthcare_routes" / "evaluation.csv", "test")
     assert {e.split for e in test} == {"test"} and len(test) == 24
 
 
@@ -40,11 +40,11 @@ def test_bad_files_are_config_errors(tmp_path: Path) -> None:
         load_outcomes(tmp_path / "missing.jsonl")
 
 
-def test_splits_are_deterministic_and_partition(shared_data: Path) -> None:
-    items = load_labelled(shared_data / "mmlu_pro" / "validation.jsonl")
+def test_splits_are_deterministic_and_partition(data_dir: Path) -> None:
+    items = load_labelled(data_dir / "mmlu_pro" / "validation.jsonl")
     _, a_test = split_by_id(items, 0.2, seed=3)
     _, b_test = split_by_id(list(reversed(items)), 0.2, seed=3)
-    assert {e.id for e in a_test} == {e.id for e in b_test} and len(a_test) == 70
+    assert {e.id for e in a_test} == {e.id for e in b_test} and len(a_test) == 39
     assert {e.id for e in a_test} != {e.id for e in split_by_id(items, 0.2, seed=4)[1]}
     folds = kfold(items, 5, seed=0)
     tested = [e.id for _, test in folds for e in test]

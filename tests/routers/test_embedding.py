@@ -41,9 +41,9 @@ async def test_routes_mmlu_categories_through_the_category_map(
 
 
 async def test_healthcare_threshold_abstains_on_unrelated_utterances(
-    encoders: EncoderCache, shared_data: Path
+    encoders: EncoderCache, data_dir: Path
 ) -> None:
-    path = shared_data / "healthcare_routes" / "evaluation.csv"
+    path = data_dir / "healthcare_routes" / "evaluation.csv"
     train = load_labelled(path, "train")
     cats, experts = _category_setup(sorted({e.label for e in train if e.label}))
     config = make_config(experts, categories=cats)
@@ -84,11 +84,11 @@ async def test_per_label_threshold_and_inline_routes(encoders: EncoderCache) -> 
 
 async def test_outcome_mode_predicts_scores_and_lambda_trades_cost(
     encoders: EncoderCache,
-    shared_data: Path,
+    data_dir: Path,
     outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
 ) -> None:
     train, test = outcomes
-    models = load_models(shared_data / "llmrouter" / "models.json")
+    models = load_models(data_dir / "llmrouter" / "models.json")
     costs = {m: info.cost for m, info in models.items()}
     config = make_config(sorted(models), costs=costs)
     results = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from coe.eval.cli import eval_group
+from coe.cli.eval import eval_group
 from coe.routing.data import OutcomeExample, write_jsonl
 
 pytestmark = pytest.mark.embed
@@ -25,7 +25,7 @@ def _dump(rows: list[OutcomeExample], path: Path) -> Path:
 def test_eval_outcomes_prints_one_json_line(
     router: str,
     tmp_path: Path,
-    shared_data: Path,
+    data_dir: Path,
     outcomes: tuple[list[OutcomeExample], list[OutcomeExample]],
 ) -> None:
     train, test = outcomes[0][::3], outcomes[1]  # a smaller slice: the CLI encodes afresh
@@ -38,7 +38,7 @@ def test_eval_outcomes_prints_one_json_line(
         "--router",
         router,
         "--models",
-        str(shared_data / "llmrouter" / "models.json"),
+        str(data_dir / "llmrouter" / "models.json"),
         "--no-embed-cache",
     ]
     result = CliRunner().invoke(eval_group, args)
@@ -62,8 +62,8 @@ def test_eval_outcomes_prints_one_json_line(
     assert out["routed_score"] > out["random_score"]
 
 
-def test_eval_categories_healthcare_with_abstention(shared_data: Path) -> None:
-    path = str(shared_data / "healthcare_routes" / "evaluation.csv")
+def test_eval_categories_healthcare_with_abstention(data_dir: Path) -> None:
+    path = str(data_dir / "healthcare_routes" / "evaluation.csv")
     args = [
         "categories",
         "--train",
@@ -90,8 +90,8 @@ def test_eval_categories_healthcare_with_abstention(shared_data: Path) -> None:
     assert "threshold" in out["calibrated"] and "(abstain)" in out["per_category"]
 
 
-def test_unknown_router_name_is_a_clear_error(tmp_path: Path, shared_data: Path) -> None:
-    path = str(shared_data / "healthcare_routes" / "evaluation.csv")
+def test_unknown_router_name_is_a_clear_error(tmp_path: Path, data_dir: Path) -> None:
+    path = str(data_dir / "healthcare_routes" / "evaluation.csv")
     result = CliRunner().invoke(
         eval_group,
         ["categories", "--train", path, "--test", path, "--router", "nope", "--no-embed-cache"],

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from coe.dispatch import ExpertClient
-from coe.errors import ConfigError, RoutingError
+from coe.errors import ConfigError, ModelNotFound, RoutingError
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig
-from coe.pipeline import Target, build_engine
+from coe.pipeline import Plan, Target, build_engine
 from coe.routing.decision import Candidate, RouteDecision, ranked_from_scores
 from coe.routing.dynamic_k import dynamic_k
 from coe.routing.registry import RouterRegistry
@@ -147,3 +148,68 @@ async def test_pipeline_falls_back_when_a_router_abstains(tmp_path: Path) -> Non
     assert (await engine.decide(Target(pipeline="dyn"), "integral")).k == 3
     with pytest.raises(RoutingError, match="every router abstained"):
         await engine.decide(Target(pipeline="wide"), "hello")
+
+
+COUNTING = PLUGIN.replace('"keyword"', '"counting"').replace(
+    "    async def route(self, query, ctx):",
+    """    batches = []
+
+    async def route_batch(self, queries, ctx):
+        type(self).batches.append(list(queries))
+        return [await self.route(q, ctx) for q in queries]
+
+    async def route(self, query, ctx):""",
+)
+
+
+async def test_plan_many_routes_a_batch_through_each_router_once(tmp_path: Path) -> None:
+    """Batch routing: per target, each router sees every query still unrouted in one call;
+    a line that cannot be routed gets its own error and the others go on."""
+    (tmp_path / "counting.py").write_text(COUNTING)
+    config = CoeConfig.model_validate(
+        {
+            "experts": [
+                {"name": n, "model": "m", "endpoints": ["http://127.0.0.1:9"]}
+                for n in ("gen", "math")
+            ],
+            "default_expert": "gen",
+            "routers": {
+                "mathy": {"type": "counting", "params": {"word": "integral", "expert": "math"}},
+            },
+            "pipelines": {
+                "auto": {"routers": ["mathy", "default"]},
+                "strict": {"routers": ["mathy"]},
+            },
+            "routers_dirs": [str(REPO / "routers"), str(tmp_path)],
+        }
+    )
+    store = EmbeddedStore()
+    registry = ExpertRegistry(store)
+    await registry.seed(config)
+    engine = await build_engine(config, registry, ExpertClient(None), store, tmp_path)  # type: ignore[arg-type]
+    router_cls = type(engine.routers["mathy"])
+
+    def body(model: str, text: str) -> dict[str, Any]:
+        return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+    plans = await engine.plan_many(
+        [
+            body("coe/auto", "an integral"),
+            body("coe/auto", "hello"),
+            body("no-such-model", "integral"),
+            body("coe/strict", "hello"),
+            body("coe/auto", "another integral"),
+            body("gen", "direct"),
+        ]
+    )
+    assert isinstance(plans[0], Plan) and plans[0].decision.chosen == ["math"]
+    assert isinstance(plans[1], Plan) and plans[1].decision.chosen == ["gen"]
+    assert isinstance(plans[2], ModelNotFound)
+    assert isinstance(plans[3], RoutingError) and "every router abstained" in plans[3].message
+    assert isinstance(plans[4], Plan) and plans[4].decision.router == "mathy"
+    assert isinstance(plans[5], Plan) and plans[5].decision.router == "direct"
+    # one call for coe/auto's three lines, one for coe/strict's line
+    assert sorted(router_cls.batches) == [["an integral", "hello", "another integral"], ["hello"]]
+    # a stored plan comes back the same, with its pipeline's aggregation settings
+    restored = engine.restore(plans[0].to_dict())
+    assert restored.decision == plans[0].decision and restored.target == plans[0].target

@@ -13,7 +13,7 @@ from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, ExpertSpec
 from coe.store.base import Store
 from coe.store.embedded import EmbeddedStore
-from coe.testing.redis import isolated_redis_store
+from tests.support.redis import isolated_redis_store
 
 REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -1,23 +1,15 @@
-"""Swap controllers by name: static, process, lora, sleep (GPU only)."""
+"""The built-in swap controllers, one file per kind: static, process, lora, sleep (GPU only).
 
-from coe.pool.controllers.base import OCCUPYING, ExpertState, SwapController
-from coe.pool.controllers.lora import LoraController
-from coe.pool.controllers.process import ProcessController
-from coe.pool.controllers.sleep import SleepController, sleep_refusal
-from coe.pool.controllers.static import StaticController
+Nothing here lists them: they are registered as `coe.swap_controllers` entry points in
+pyproject.toml and found by `coe.pool.registry`, like any third-party kind.
+"""
 
-CONTROLLERS: dict[str, type[SwapController]] = {
-    c.kind: c for c in (StaticController, ProcessController, LoraController, SleepController)
-}
+from coe.pool.controllers.base import (
+    OCCUPYING,
+    ControllerParams,
+    ExpertState,
+    PoolContext,
+    SwapController,
+)
 
-__all__ = [
-    "CONTROLLERS",
-    "OCCUPYING",
-    "ExpertState",
-    "LoraController",
-    "ProcessController",
-    "SleepController",
-    "StaticController",
-    "SwapController",
-    "sleep_refusal",
-]
+__all__ = ["OCCUPYING", "ControllerParams", "ExpertState", "PoolContext", "SwapController"]

@@ -1,21 +1,22 @@
 """The seam between the pool (which experts, when) and a swap mechanism (how).
 
-A controller makes one expert resident or not; one small class per mechanism.
+A controller makes one expert resident or not; one small class per mechanism, each a
+plug-in (`coe.pool.registry`) with its own `Params` model for the pool's `params:`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
-
-from coe.pool.config import PoolSpec
+from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from coe.experts.schema import ExpertSpec
+    from coe.experts.schema import ExpertSpec, PoolSpec
 
 
 class ExpertState(StrEnum):
@@ -31,18 +32,38 @@ class ExpertState(StrEnum):
 OCCUPYING = frozenset({ExpertState.LOADING, ExpertState.RESIDENT, ExpertState.UNLOADING})
 
 
+class ControllerParams(BaseModel):
+    """Base of a controller's `Params`: unknown keys are refused, values are fixed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What a controller is built from besides its params."""
+
+    name: str
+    spec: PoolSpec
+    experts: Sequence[ExpertSpec]  # the pool's members
+    http: httpx.AsyncClient  # shared, for controllers that talk to servers
+
+
 class SwapController(ABC):
-    """Loads and unloads experts; raises a CoeError (or lets an I/O error out) on failure."""
+    """Loads and unloads experts; raises a CoeError (or lets an I/O error out) on failure.
+
+    Subclasses set `kind` (the name `pools.<name>.controller` uses) and `Params`, and
+    implement `from_config`, `load` and `unload`.
+    """
 
     kind: ClassVar[str]
+    Params: ClassVar[type[BaseModel]] = ControllerParams
     unloaded_state: ClassVar[ExpertState] = ExpertState.STOPPED
 
     @classmethod
     @abstractmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> SwapController:
-        """Build from the pool's config; check params here, do no I/O."""
+    def from_config(cls, params: Any, pool: PoolContext) -> SwapController:
+        """Build from validated `Params` (an instance of `cls.Params`) and the pool; check
+        what the params cannot check alone (every member covered), do no I/O."""
 
     @property
     def max_capacity(self) -> int | None:

@@ -6,25 +6,27 @@ the request's `model` is the adapter name (the expert's `model`).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import Field
 
+from coe.dispatch.http_errors import status_error, transport_error
 from coe.errors import ConfigError, ExpertUnavailable
-from coe.pool.config import LoraParams, PoolSpec
-from coe.pool.controllers.base import SwapController
+from coe.pool.controllers.base import ControllerParams, PoolContext, SwapController
 
-if TYPE_CHECKING:
-    from coe.experts.schema import ExpertSpec
 
-log = logging.getLogger(__name__)
+class LoraParams(ControllerParams):
+    """Experts that are LoRA adapters of one base model, loaded at run time into one server."""
+
+    base_url: str = Field(min_length=1, description="the vLLM server started with --enable-lora")
+    max_loras: int = Field(ge=1, description="the server's --max-loras: at most this resident")
+    adapters: dict[str, str] = Field(description="expert name -> adapter folder on the server")
 
 
 class LoraController(SwapController):
     kind = "lora"
+    Params = LoraParams
 
     def __init__(
         self,
@@ -40,18 +42,14 @@ class LoraController(SwapController):
         self.adapters = adapters
 
     @classmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> LoraController:
-        try:
-            params = LoraParams.model_validate(spec.params)
-        except ValidationError as err:
-            raise ConfigError(f"lora pool params: {err}") from None
-        missing = sorted({e.name for e in experts} - set(params.adapters))
+    def from_config(cls, params: LoraParams, pool: PoolContext) -> LoraController:
+        missing = sorted({e.name for e in pool.experts} - set(params.adapters))
         if missing:
-            raise ConfigError(f"lora pool has no adapter for: {', '.join(missing)}")
-        adapters = {e.name: (e.model, params.adapters[e.name]) for e in experts}
-        return cls(http, params.base_url, params.max_loras, adapters)
+            raise ConfigError(
+                f"pools.{pool.name}.params.adapters: no adapter for {', '.join(missing)}"
+            )
+        adapters = {e.name: (e.model, params.adapters[e.name]) for e in pool.experts}
+        return cls(pool.http, params.base_url, params.max_loras, adapters)
 
     @property
     def max_capacity(self) -> int:
@@ -73,20 +71,16 @@ class LoraController(SwapController):
         await self._request("POST", "/v1/unload_lora_adapter", body, f"unload adapter {name}")
 
     async def _request(
-        self, method: str, path: str, body: dict[str, str] | None, what: str
+        self, method: str, path: str, body: dict[str, Any] | None, what: str
     ) -> httpx.Response:
         url = self.base_url + path
+        what = f"lora server {self.base_url}: {what}"
         try:
             resp = await self.http.request(method, url, json=body, timeout=60.0)
         except httpx.HTTPError as err:
-            raise ExpertUnavailable(
-                f"lora server {self.base_url}: {what} failed: {type(err).__name__}: {err}",
-                url=self.base_url,
-            ) from err
+            raise transport_error(err, what, url=self.base_url, kind=ExpertUnavailable) from err
         if resp.status_code >= 400:
-            raise ExpertUnavailable(
-                f"lora server {self.base_url}: {what} answered {resp.status_code}: "
-                f"{resp.text[:300]}",
-                url=self.base_url,
+            raise status_error(
+                resp.status_code, resp.text, what, url=self.base_url, kind=ExpertUnavailable
             )
         return resp

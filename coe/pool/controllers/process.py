@@ -3,69 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import httpx
-from pydantic import ValidationError
+from pydantic import Field
 
 from coe.errors import ConfigError, ExpertUnavailable, UpstreamError
+from coe.experts.schema import LocalServer
 from coe.local.vllm_server import VllmServer
-from coe.pool.config import PoolSpec, ProcessParams, ProcessServerSpec
-from coe.pool.controllers.base import SwapController
+from coe.pool.controllers.base import ControllerParams, PoolContext, SwapController
 
-if TYPE_CHECKING:
-    from coe.experts.schema import ExpertSpec
 
-log = logging.getLogger(__name__)
+class ProcessParams(ControllerParams):
+    servers: dict[str, LocalServer] = Field(description="expert name -> its vLLM server")
 
 
 class ProcessController(SwapController):
     kind = "process"
+    Params = ProcessParams
 
-    def __init__(self, servers: dict[str, ProcessServerSpec], log_dir: Path | None = None):
+    def __init__(self, servers: dict[str, LocalServer], log_dir: Path | None = None):
         self.specs = servers
         self.log_dir = log_dir
         self.servers: dict[str, VllmServer] = {}
 
     @classmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> ProcessController:
-        try:
-            params = ProcessParams.model_validate(spec.params)
-        except ValidationError as err:
-            raise ConfigError(f"process pool params: {err}") from None
-        missing = sorted({e.name for e in experts} - set(params.servers))
+    def from_config(cls, params: ProcessParams, pool: PoolContext) -> ProcessController:
+        missing = sorted({e.name for e in pool.experts} - set(params.servers))
         if missing:
-            raise ConfigError(f"process pool has no server for: {', '.join(missing)}")
+            raise ConfigError(
+                f"pools.{pool.name}.params.servers: no server for {', '.join(missing)}"
+            )
         return cls(params.servers)
 
     def _server(self, expert: str) -> VllmServer:
         server = self.servers.get(expert)
         if server is None:
-            from coe.local.model import resolve_model  # may convert a model once (~30 s)
-
             spec = self.specs[expert]
-            log_path = self.log_dir / f"vllm-{expert}.log" if self.log_dir else None
-            server = VllmServer(
-                resolve_model(spec.model),
-                spec.port,
-                spec.served_model_name,
-                cpu_core=spec.cpu_core,
-                extra_args=list(spec.args),
-                log_path=log_path,
-            )
-            self.servers[expert] = server
+            log_path = self.log_dir / f"vllm-{spec.log_name}.log" if self.log_dir else None
+            server = self.servers[expert] = VllmServer.of(spec, log_path=log_path)
         return server
 
     async def load(self, expert: str) -> None:
-        server = await asyncio.to_thread(self._server, expert)
+        server = await asyncio.to_thread(self._server, expert)  # may convert a model (~30 s)
         await asyncio.to_thread(server.start)
         try:
-            await server.wait_healthy(timeout_s=self.specs[expert].start_timeout_s)
+            await server.wait_healthy()
         except UpstreamError as err:
             await asyncio.to_thread(server.stop)
             raise ExpertUnavailable(

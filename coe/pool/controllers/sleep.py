@@ -6,18 +6,23 @@ backend is probed at start and a pool that cannot sleep is refused with a Config
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import httpx
-from pydantic import ValidationError
+from pydantic import Field
 
-from coe.errors import ConfigError, ExpertUnavailable
-from coe.pool.config import PoolSpec, SleepParams
-from coe.pool.controllers.base import ExpertState, SwapController
+from coe.dispatch.http_errors import status_error, transport_error
+from coe.errors import ConfigError, ExpertUnavailable, UpstreamError
+from coe.pool.controllers.base import ControllerParams, ExpertState, PoolContext, SwapController
 
-if TYPE_CHECKING:
-    from coe.experts.schema import ExpertSpec
+
+class SleepParams(ControllerParams):
+    """Each expert's own vLLM server (GPU, --enable-sleep-mode, VLLM_SERVER_DEV_MODE=1)."""
+
+    servers: dict[str, str] = Field(
+        default_factory=dict, description="expert name -> base URL (default: its endpoint)"
+    )
+    level: Literal[1, 2] = 1
 
 
 def sleep_refusal(info: dict[str, Any]) -> str | None:
@@ -41,6 +46,7 @@ def sleep_refusal(info: dict[str, Any]) -> str | None:
 
 class SleepController(SwapController):
     kind = "sleep"
+    Params = SleepParams
     unloaded_state = ExpertState.ASLEEP
 
     def __init__(self, http: httpx.AsyncClient, servers: dict[str, str], level: int = 1):
@@ -49,34 +55,23 @@ class SleepController(SwapController):
         self.level = level
 
     @classmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> SleepController:
-        try:
-            params = SleepParams.model_validate(spec.params)
-        except ValidationError as err:
-            raise ConfigError(f"sleep pool params: {err}") from None
-        servers = {e.name: params.servers.get(e.name) or e.base_urls()[0] for e in experts}
-        return cls(http, servers, params.level)
+    def from_config(cls, params: SleepParams, pool: PoolContext) -> SleepController:
+        servers = {e.name: params.servers.get(e.name) or e.base_urls()[0] for e in pool.experts}
+        return cls(pool.http, servers, params.level)
 
     async def _probe(self, expert: str, url: str) -> bool:
         """Refuses a server that cannot sleep; returns whether it is awake now."""
         where = f"sleep pool: expert {expert} at {url}"
-        try:
-            resp = await self.http.get(f"{url}/server_info", params={"config_format": "json"})
-        except httpx.HTTPError as err:
-            raise ConfigError(f"{where} is unreachable: {type(err).__name__}: {err}") from err
-        if resp.status_code == 404:
+        info = await self._get(expert, f"{url}/server_info", {"config_format": "json"})
+        if info is None:
             raise ConfigError(
                 f"{where} has no dev endpoints (start it with VLLM_SERVER_DEV_MODE=1)"
             )
-        if resp.status_code >= 400:
-            raise ConfigError(f"{where}: /server_info answered {resp.status_code}")
-        reason = sleep_refusal(resp.json())
+        reason = sleep_refusal(info)
         if reason is not None:
             raise ConfigError(f"{where} cannot sleep: {reason}; use the process or lora controller")
-        asleep = (await self.http.get(f"{url}/is_sleeping")).json().get("is_sleeping")
-        return asleep is False
+        state = await self._get(expert, f"{url}/is_sleeping", {})
+        return state is not None and state.get("is_sleeping") is False
 
     async def start(self) -> set[str]:
         return {e for e, url in self.servers.items() if await self._probe(e, url)}
@@ -87,19 +82,33 @@ class SleepController(SwapController):
     async def unload(self, expert: str) -> None:
         await self._post(expert, "/sleep", {"level": str(self.level)})
 
+    async def _get(self, expert: str, url: str, params: dict[str, str]) -> dict[str, Any] | None:
+        """A dev endpoint's JSON, or None when the server has no such endpoint (404)."""
+        what = f"expert {expert}: GET {url}"
+        try:
+            resp = await self.http.get(url, params=params)
+        except httpx.HTTPError as err:
+            raise transport_error(err, what, expert=expert, url=url) from err
+        if resp.status_code == 404:
+            return None
+        if resp.status_code >= 400:
+            raise status_error(resp.status_code, resp.text, what, expert=expert, url=url)
+        try:
+            body = resp.json()
+        except ValueError as err:
+            raise UpstreamError(f"{what} answered no JSON", expert=expert, url=url) from err
+        return body if isinstance(body, dict) else {}
+
     async def _post(self, expert: str, path: str, params: dict[str, str]) -> None:
         url = self.servers[expert]
+        what = f"expert {expert}: POST {url}{path}"
         try:
             resp = await self.http.post(url + path, params=params, timeout=120.0)
         except httpx.HTTPError as err:
-            raise ExpertUnavailable(
-                f"expert {expert}: {path} failed at {url}: {type(err).__name__}: {err}",
-                expert=expert,
-                url=url,
+            raise transport_error(
+                err, what, expert=expert, url=url, kind=ExpertUnavailable
             ) from err
         if resp.status_code >= 400:
-            raise ExpertUnavailable(
-                f"expert {expert}: {path} answered {resp.status_code} at {url}",
-                expert=expert,
-                url=url,
+            raise status_error(
+                resp.status_code, resp.text, what, expert=expert, url=url, kind=ExpertUnavailable
             )

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-import httpx
+from typing import Any
 
 from coe.errors import ConfigError
-from coe.pool.config import PoolSpec
-from coe.pool.controllers.base import SwapController
-
-if TYPE_CHECKING:
-    from coe.experts.schema import ExpertSpec
+from coe.pool.controllers.base import PoolContext, SwapController
 
 
 class StaticController(SwapController):
@@ -22,14 +16,13 @@ class StaticController(SwapController):
         self.experts = list(experts)
 
     @classmethod
-    def from_spec(
-        cls, spec: PoolSpec, experts: Sequence[ExpertSpec], http: httpx.AsyncClient
-    ) -> StaticController:
-        if spec.capacity < len(experts):
+    def from_config(cls, params: Any, pool: PoolContext) -> StaticController:
+        if pool.spec.capacity < len(pool.experts):
             raise ConfigError(
-                f"a static pool holds every expert: capacity {spec.capacity} < {len(experts)}"
+                f"pools.{pool.name}: a static pool holds every expert: "
+                f"capacity {pool.spec.capacity} < {len(pool.experts)}"
             )
-        return cls([e.name for e in experts])
+        return cls([e.name for e in pool.experts])
 
     async def start(self) -> set[str]:
         return set(self.experts)

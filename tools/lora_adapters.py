@@ -1,6 +1,7 @@
 """Random rank-r LoRA adapters of a base model: distinct, cheap test and benchmark experts.
 
-Needs `peft` (the dev extra); imported here only, when called.
+Used by tests/pool/test_lora_real.py and bench/pool_bench.py; needs `peft` (the dev extra),
+imported only when called.
 """
 
 from __future__ import annotations

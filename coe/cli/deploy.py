@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 import yaml
-
-from coe.errors import CoeError
 
 DEFAULT_COMPOSE = "docker-compose.yml"
 DEFAULT_CONFIGS = ("services/experts.compose.yaml", "services/experts.compose-gpu.yaml")
@@ -68,19 +64,3 @@ def compose_experts_command(config_path: str, flavour: str) -> None:
 
     block = {"services": expert_services(load_config(config_path), flavour)}
     click.echo(yaml.safe_dump(block, sort_keys=False, width=100), nl=False)
-
-
-def main() -> None:
-    """`python -m coe.deploy.cli` until the group is wired into `coe`."""
-    try:
-        deploy_group(standalone_mode=False)
-    except CoeError as err:
-        click.echo(f"error: {err.message}", err=True)
-        sys.exit(2)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-
-
-if __name__ == "__main__":
-    main()

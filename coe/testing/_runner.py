@@ -1,4 +1,5 @@
-"""Serve an ASGI app on a loopback port from a background thread (tests and benchmarks)."""
+"""uvicorn on a loopback port from a background thread: what starts the fault-injecting
+upstream inside a test process (the project's own tests reuse it for their servers)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Literal
 import uvicorn
 
 
-class ServedApp:
+class ThreadedServer:
     def __init__(
         self,
         app: Any,
@@ -38,7 +39,7 @@ class ServedApp:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 30) -> ServedApp:
+    def start(self, timeout_s: float = 30) -> None:
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
@@ -46,7 +47,6 @@ class ServedApp:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("server did not start (see its log output)")
             time.sleep(0.01)
-        return self
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -107,19 +107,17 @@ def run(file: Path, output: Path, config: str | None, workers: int) -> None:
 
 async def _run_local(settings: Settings, file: Path, output: Path, workers: int) -> dict[str, int]:
     from coe.batch import BatchWorker, parse_batch_file
-    from coe.gateway.services import build_services
+    from coe.runtime import build_runtime
 
-    services = await build_services(settings, serve_admin=False)
+    runtime = await build_runtime(settings, serve_admin=False)
     try:
         content = await asyncio.to_thread(file.read_bytes)
         lines = parse_batch_file(content, settings.batch_max_bytes, settings.batch_max_lines)
-        job = await services.batch_jobs.create(lines, source=file.name)
+        job = await runtime.batch_jobs.create(lines, source=file.name)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(
-                BatchWorker(services.batch_jobs, lambda: services.engine, name=f"local-{i}").run(
-                    stop
-                )
+                BatchWorker(runtime.batch_jobs, lambda: runtime.engine, name=f"local-{i}").run(stop)
             )
             for i in range(workers)
         ]
@@ -128,7 +126,7 @@ async def _run_local(settings: Settings, file: Path, output: Path, workers: int)
             done = 0
             while done < total:
                 await asyncio.sleep(0.2)
-                counts = (await services.batch_jobs.status(job["id"]))["request_counts"]
+                counts = (await runtime.batch_jobs.status(job["id"]))["request_counts"]
                 now = counts["completed"] + counts["failed"]
                 bar.update(now - done)
                 done = now
@@ -136,13 +134,13 @@ async def _run_local(settings: Settings, file: Path, output: Path, workers: int)
         await asyncio.gather(*tasks)
         out_lines = [
             json.dumps(line, ensure_ascii=False)
-            async for line in services.batch_jobs.results(job["id"])
+            async for line in runtime.batch_jobs.results(job["id"])
         ]
         await asyncio.to_thread(output.write_text, "\n".join(out_lines) + "\n")
-        final: dict[str, int] = (await services.batch_jobs.status(job["id"]))["request_counts"]
+        final: dict[str, int] = (await runtime.batch_jobs.status(job["id"]))["request_counts"]
         return final
     finally:
-        await services.close()
+        await runtime.close()
 
 
 @click.command("worker")
@@ -150,8 +148,18 @@ async def _run_local(settings: Settings, file: Path, output: Path, workers: int)
 @click.option("--redis-url", help="Redis URL (COE_REDIS_URL)")
 @click.option("--name", help="consumer name (default: host-pid)")
 @click.option("--concurrency", default=1, show_default=True, help="units processed at once")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="serve this worker's Prometheus metrics (lines, expert calls) on this port",
+)
 def worker_command(
-    config: str | None, redis_url: str | None, name: str | None, concurrency: int
+    config: str | None,
+    redis_url: str | None,
+    name: str | None,
+    concurrency: int,
+    metrics_port: int | None,
 ) -> None:
     """Process batch jobs from Redis until SIGTERM / Ctrl-C."""
     from coe.observability import configure_logging
@@ -168,14 +176,18 @@ def worker_command(
             "for one machine without Redis use `coe batch run`"
         )
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    asyncio.run(_work(settings, name, concurrency))
+    asyncio.run(_work(settings, name, concurrency, metrics_port))
 
 
-async def _work(settings: Settings, name: str | None, concurrency: int) -> None:
+async def _work(
+    settings: Settings, name: str | None, concurrency: int, metrics_port: int | None
+) -> None:
     from coe.batch import BatchWorker
-    from coe.gateway.services import build_services
+    from coe.runtime import build_runtime
 
-    services = await build_services(settings, serve_admin=False)
+    runtime = await build_runtime(settings, serve_admin=False)
+    if metrics_port is not None:
+        runtime.metrics.serve(metrics_port, settings.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,13 +197,14 @@ async def _work(settings: Settings, name: str | None, concurrency: int) -> None:
         await asyncio.gather(
             *(
                 BatchWorker(
-                    services.batch_jobs,
-                    lambda: services.engine,
+                    runtime.batch_jobs,
+                    lambda: runtime.engine,
                     name=base if concurrency == 1 else f"{base}-{i}",
                     claim_idle_s=settings.batch_claim_idle_s,
+                    metrics=runtime.metrics,
                 ).run(stop)
                 for i in range(concurrency)
             )
         )
     finally:
-        await services.close()
+        await runtime.close()

@@ -1,8 +1,4 @@
-"""`coe build ...`: routing artefacts built from data (category map, skill profiles, instructions).
-
-The lead wires `build_group` into the `coe` console script; for direct runs use
-`python -m coe.routing.build_cli ...`.
-"""
+"""`coe build ...`: routing artefacts from data (category map, skill profiles, instructions)."""
 
 from __future__ import annotations
 
@@ -10,12 +6,15 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from coe.routing.data import load_models, load_outcomes
+
+if TYPE_CHECKING:
+    from coe.experts.schema import ExpertSpec
 
 build_group = click.Group("build", help="Build routing artefacts from labelled data.")
 
@@ -127,32 +126,26 @@ def instructions_cmd(
         spec = config.expert(writer)
         if spec is None:
             raise click.BadParameter(f"unknown expert {writer!r}", param_hint="--writer")
-        result = asyncio.run(
-            _write_instructions(spec.base_urls()[0], spec.model, descriptions, max_tokens)
-        )
+        result = asyncio.run(_write_instructions(spec, descriptions, max_tokens))
     _write(json.dumps(result, indent=1) + "\n", out)
 
 
 async def _write_instructions(
-    base_url: str, model: str, descriptions: dict[str, str], max_tokens: int
+    writer: ExpertSpec, descriptions: dict[str, str], max_tokens: int
 ) -> dict[str, str]:
-    import httpx
+    """Each description through the writer expert, as any call to it goes: its model id,
+    API key, defaults, replicas and retries (`coe.dispatch`)."""
+    from coe.dispatch import ExpertClient
 
     out = {}
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with ExpertClient.session() as client:
         for name, desc in descriptions.items():
             body: dict[str, Any] = {
-                "model": model,
                 "max_tokens": max_tokens,
                 "temperature": 0,
                 "messages": [{"role": "user", "content": EXPERT_PROMPT.format(description=desc)}],
             }
-            r = await client.post(f"{base_url}/v1/chat/completions", json=body)
-            r.raise_for_status()
-            text = " ".join(str(r.json()["choices"][0]["message"]["content"] or "").split())
+            response = await client.complete(writer, body)
+            text = " ".join(str(response["choices"][0]["message"]["content"] or "").split())
             out[name] = text or desc
     return out
-
-
-if __name__ == "__main__":
-    build_group()

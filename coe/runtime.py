@@ -1,4 +1,6 @@
-"""Everything with state that the gateway needs, built once per process and closed at exit."""
+"""The composition root: everything with state that a process needs — store, registry, expert
+client, pools, engine, metrics — built once and closed at exit. The gateway, the batch
+worker and the CLI all start here; nothing in this module knows about the web."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Services:
+class Runtime:
     settings: Settings
     config: CoeConfig
     store: Store
@@ -83,6 +85,7 @@ class Services:
                 lambda: self.engine,
                 name="gateway",
                 claim_idle_s=self.settings.batch_claim_idle_s,
+                metrics=self.metrics,
             )
             self.tasks.append(asyncio.create_task(worker.run()))
 
@@ -123,38 +126,44 @@ def _admin_token(settings: Settings) -> str:
     return token
 
 
-async def build_services(
+async def build_runtime(
     settings: Settings,
     config: CoeConfig | None = None,
     metrics: Metrics | None = None,
     serve_admin: bool = True,
-) -> Services:
-    """`serve_admin=False` for processes with no admin API (workers, the CLI)."""
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Runtime:
+    """`serve_admin=False` for processes with no admin API (workers, the CLI). `transport`
+    replaces the network for expert calls (in-process tests: `httpx.ASGITransport`)."""
     admin_token = _admin_token(settings) if serve_admin else ""
     config_path = Path(settings.experts_file)
     if config is None:
         config = await asyncio.to_thread(load_config, config_path)
     base_dir = Path(os.path.abspath(config_path)).parent  # noqa: ASYNC240 - start-up only
+    metrics = metrics or Metrics()
     store = open_store(settings.redis_url, prefix=settings.store_prefix)
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        timeout=httpx.Timeout(settings.request_timeout_s),
+        transport=transport,
+    )
     pools: PoolSet | None = None
     try:
         registry = ExpertRegistry(store)
         await registry.seed(config)
         api_keys = ApiKeyStore(store)
         await api_keys.refresh()
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        http = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(settings.request_timeout_s))
-        pools = build_pools(config, http)
+        pools = build_pools(config, http, base_dir=base_dir)
         await pools.start()
-        client = ExpertClient(http, admission=pools)
+        client = ExpertClient(http, admission=pools, observer=metrics)
         encoders = _encoder_cache()
         engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
     except BaseException:
         if pools is not None:
             await pools.close()
+        await http.aclose()
         await store.close()
         raise
-    metrics = metrics or Metrics()
     metrics.attach_pools(pools.metrics)
     metrics.registry_version.set(registry.version)
     log.info(
@@ -163,7 +172,7 @@ async def build_services(
         ", ".join(engine.pipelines),
         "redis" if settings.redis_url else "embedded",
     )
-    return Services(
+    return Runtime(
         settings=settings,
         config=config,
         store=store,
@@ -179,3 +188,23 @@ async def build_services(
         encoders=encoders,
         pools=pools,
     )
+
+
+def check_plugins(config: CoeConfig, base_dir: Path) -> list[str]:
+    """Every router and pool the config names, resolved to a loaded plug-in with valid params,
+    with no I/O beyond importing the plug-ins; what `coe check-config` checks after the schema.
+    Returns one line per plug-in checked; the first problem is a ConfigError."""
+    from coe.pool.registry import ControllerRegistry
+    from coe.routing.registry import RouterRegistry, router_specs
+
+    routers = RouterRegistry.load(config.routers_dirs, base_dir)
+    checked = []
+    for name, (type_name, params) in router_specs(config).items():
+        router_cls, _ = routers.resolve(name, type_name, params)
+        checked.append(f"router {name}: {type_name} ({router_cls.__module__})")
+    if config.pools:
+        controllers = ControllerRegistry.load(config.controllers_dirs, base_dir)
+        for name, spec in config.pools.items():
+            controller_cls, _ = controllers.resolve(name, spec)
+            checked.append(f"pool {name}: {spec.controller} ({controller_cls.__module__})")
+    return checked

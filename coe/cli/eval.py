@@ -1,7 +1,6 @@
 """`coe eval ...`: measure routers on labelled data; each command prints one JSON line.
 
-The lead wires `eval_group` into the `coe` console script; for direct runs use
-`python -m coe.eval.cli ...`.
+The full report in docs/routing-eval.md is written by `tools/routing_report.py`.
 """
 
 from __future__ import annotations
@@ -171,26 +170,3 @@ def kfold_cmd(
             warm=embed_cache,
         )
     )
-
-
-@eval_group.command("report")
-@click.option(
-    "--data-dir",
-    default="../shared/data",
-    show_default=True,
-    type=click.Path(exists=True, file_okay=False),
-)
-@click.option("--out", default="docs/routing-eval.md", show_default=True)
-@click.option("--folds", default=5, show_default=True)
-@click.option("--encoder")
-@click.option("--bench/--no-bench", default=True, show_default=True, help="include speed")
-def report_cmd(data_dir: str, out: str, folds: int, encoder: str | None, bench: bool) -> None:
-    """Run every router against the baselines and write the markdown report."""
-    from coe.eval.report import write_report
-
-    path = write_report(Path(data_dir), Path(out), _encoders(encoder), folds, bench)
-    click.echo(str(path))
-
-
-if __name__ == "__main__":
-    eval_group()

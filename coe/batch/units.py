@@ -1,0 +1,48 @@
+"""A unit of batch work on the stream: route a range of lines, run one expert's lines, or
+aggregate lines whose experts have all answered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Phase = Literal["route", "run", "aggregate"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    job_id: str
+    phase: Phase
+    start: int = 0
+    end: int = 0
+    expert: str = ""
+    items: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Names a run unit within its job (its expert and first line)."""
+        return f"{self.expert}:{self.items[0] if self.items else self.start}"
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "job": self.job_id,
+            "phase": self.phase,
+            "start": str(self.start),
+            "end": str(self.end),
+            "expert": self.expert,
+            "items": ",".join(map(str, self.items)),
+        }
+
+    @classmethod
+    def parse(cls, fields: dict[str, str]) -> Unit:
+        phase = fields["phase"]
+        if phase not in ("route", "run", "aggregate"):
+            raise ValueError(f"unknown batch unit phase {phase!r}")
+        return cls(
+            job_id=fields["job"],
+            phase=phase,  # type: ignore[arg-type]  # checked above
+            start=int(fields["start"]),
+            end=int(fields["end"]),
+            expert=fields.get("expert", ""),
+            items=tuple(int(i) for i in fields.get("items", "").split(",") if i),
+        )

@@ -1,0 +1,5 @@
+"""`python -m coe.cli ...`: the `coe` command without the console script."""
+
+from coe.cli import run
+
+run()
