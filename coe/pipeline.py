@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 MODEL_PREFIX = "coe/"
 AUTO = "coe/auto"
 DEFAULT_PIPELINE = PipelineSpec(routers=["default"])
+BATCH = "batch"  # offline work: pool services keep it grouped by expert
 
 
 @dataclass(frozen=True)
@@ -235,19 +236,28 @@ class Engine:
         experts = self.registry.snapshot()
         return await stream_ranked(self.client, plan.decision.ranked, experts, body)
 
-    async def answer_on(self, plan: Plan, expert: str, body: dict[str, Any]) -> Answer:
-        """A k = 1 answer that starts with `expert` (batch groups lines by expert), then
-        falls back down the plan's ranked list like any other request."""
+    async def answer_on(
+        self, plan: Plan, expert: str, body: dict[str, Any], sender: str | None = None
+    ) -> Answer:
+        """A k = 1 batch answer that starts with `expert` (batch groups lines by expert),
+        then falls back down the plan's ranked list like any other request. `sender` names
+        the worker, so a pool service knows when it has moved on to another expert."""
         ranked = [expert, *(e for e in plan.decision.ranked if e != expert)]
-        return await complete_ranked(self.client, ranked, self.registry.snapshot(), body)
+        experts = self.registry.snapshot()
+        return await complete_ranked(
+            self.client, ranked, experts, body, priority=BATCH, sender=sender
+        )
 
-    async def ask(self, expert: str, body: dict[str, Any], score: float = 1.0) -> ExpertAnswer:
+    async def ask(
+        self, expert: str, body: dict[str, Any], score: float = 1.0, sender: str | None = None
+    ) -> ExpertAnswer:
         """One expert's part of a fan-out, run on its own (batch runs parts expert by
         expert); a failure is recorded in the part, not raised."""
         answer = ExpertAnswer(expert, score)
         started = time.perf_counter()
         try:
-            answer.response = await self.client.complete(self.registry.get(expert), body)
+            spec = self.registry.get(expert)
+            answer.response = await self.client.complete(spec, body, BATCH, sender)
         except NotFound as err:  # the expert was removed since routing
             answer.status, answer.error = "failed", UpstreamError(err.message, expert=expert)
         except UpstreamError as err:

@@ -1,6 +1,7 @@
 """The composition root: everything with state that a process needs — store, registry, expert
-client, pools, engine, metrics — built once and closed at exit. The gateway, the batch
-worker and the CLI all start here; nothing in this module knows about the web."""
+client, the pool services' published state, engine, metrics — built once and closed at exit.
+The gateway, the batch worker and the CLI all start here; nothing here knows about the web.
+Pools themselves run in their device's pool service (`coe pool serve`), never here."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ import httpx
 from coe.batch import BatchJobs, BatchWorker
 from coe.config import Settings
 from coe.dispatch import ExpertClient
+from coe.dispatch.liveness import PoolStates
 from coe.errors import ConfigError
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
 from coe.observability import Metrics
 from coe.pipeline import Engine, build_engine
-from coe.pool import PoolSet, build_pools
 from coe.security import ApiKeyStore
 from coe.store import keys, open_store
 from coe.store.base import Store
@@ -47,7 +48,7 @@ class Runtime:
     base_dir: Path
     batch_jobs: BatchJobs
     encoders: Any = None
-    pools: PoolSet | None = None
+    pools: PoolStates | None = None  # what each pool service publishes; no pool runs here
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -147,15 +148,15 @@ async def build_runtime(
         timeout=httpx.Timeout(settings.request_timeout_s),
         transport=transport,
     )
-    pools: PoolSet | None = None
+    pools: PoolStates | None = None
     try:
         registry = ExpertRegistry(store)
         await registry.seed(config)
         api_keys = ApiKeyStore(store)
         await api_keys.refresh()
-        pools = build_pools(config, http, base_dir=base_dir)
+        pools = PoolStates(http, config)
         await pools.start()
-        client = ExpertClient(http, admission=pools, observer=metrics)
+        client = ExpertClient(http, liveness=pools, observer=metrics)
         encoders = _encoder_cache()
         engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
     except BaseException:
@@ -164,7 +165,6 @@ async def build_runtime(
         await http.aclose()
         await store.close()
         raise
-    metrics.attach_pools(pools.metrics)
     metrics.registry_version.set(registry.version)
     log.info(
         "coe ready: %d experts, pipelines %s, store %s",

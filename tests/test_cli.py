@@ -39,6 +39,7 @@ def test_every_command_family_is_on_the_root_group() -> None:
         "batch",
         "worker",
         "deploy",
+        "pool",
         "eval",
         "build",
     }
@@ -80,11 +81,20 @@ def test_check_config_loads_the_plugins_it_names(tmp_path: Path) -> None:
             "routers.topic.params (embedding)",
         ),
         "controller kind": (
-            {**base, "pools": {"gpu0": {"controller": "teleport"}}},
+            {**base, "pools": {"gpu0": {"service": "http://pool:8200", "controller": "teleport"}}},
             "pools.gpu0.controller: unknown swap controller kind 'teleport'",
         ),
         "controller params": (
-            {**base, "pools": {"gpu0": {"controller": "lora", "params": {"colour": 1}}}},
+            {
+                **base,
+                "pools": {
+                    "gpu0": {
+                        "service": "http://pool:8200",
+                        "controller": "lora",
+                        "params": {"colour": 1},
+                    }
+                },
+            },
             "pools.gpu0.params (lora)",
         ),
     }

@@ -1,6 +1,6 @@
 """Random rank-r LoRA adapters of a base model: distinct, cheap test and benchmark experts.
 
-Used by tests/pool/test_lora_real.py and bench/pool_bench.py; needs `peft` (the dev extra),
+Used by tests/pool/test_lora_real.py and bench/pool_service_bench.py; needs `peft` (the dev extra),
 imported only when called.
 """
 

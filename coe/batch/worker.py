@@ -98,11 +98,11 @@ class BatchWorker:
             if plan.fans_out:  # this expert's part; the aggregate phase combines them
                 if await self.jobs.has_part(unit.job_id, line.index, unit.expert):
                     return
-                part = await engine.ask(unit.expert, line.body)
+                part = await engine.ask(unit.expert, line.body, sender=self.name)
                 await self.jobs.save_part(unit.job_id, line.index, unit.expert, part.to_record())
                 return
             try:
-                answer = await engine.answer_on(plan, unit.expert, line.body)
+                answer = await engine.answer_on(plan, unit.expert, line.body, sender=self.name)
             except CoeError as err:
                 await self._fail(unit.job_id, line, err)
             else:

@@ -12,6 +12,7 @@ import click
 
 from coe.cli.batch import batch_group, worker_command
 from coe.cli.deploy import deploy_group
+from coe.cli.pool import pool_group
 from coe.cli.route import check_config, route
 from coe.cli.serve import prepare_model, serve, up
 from coe.errors import CoeError
@@ -43,6 +44,7 @@ for _command in (
     batch_group,
     worker_command,
     deploy_group,
+    pool_group,
     *_optional_groups(),
 ):
     main.add_command(_command)

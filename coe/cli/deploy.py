@@ -30,12 +30,11 @@ deploy_group = click.Group("deploy", help="Deployment files: docker compose.")
 )
 def check_compose_command(compose_path: str, configs: tuple[str, ...]) -> None:
     """Exit non-zero, listing each mismatch, when the experts files and compose disagree."""
-    from coe.deploy.compose import check_compose, load_compose
-    from coe.experts.schema import load_config
+    from coe.deploy.compose import check_files
+    from coe.deploy.services import load_compose
 
     paths = configs or DEFAULT_CONFIGS
-    parsed = {path: load_config(path) for path in paths}
-    problems = check_compose(parsed, load_compose(compose_path))
+    problems = check_files(paths, load_compose(compose_path))
     if problems:
         for problem in problems:
             click.echo(f"mismatch: {problem}", err=True)
@@ -58,8 +57,9 @@ def check_compose_command(compose_path: str, configs: tuple[str, ...]) -> None:
 )
 @click.option("--flavour", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 def compose_experts_command(config_path: str, flavour: str) -> None:
-    """Print the compose `services:` entries for the vLLM experts the config points at."""
-    from coe.deploy.compose import expert_services
+    """Print the compose `services:` entries for the vLLM servers and pool services the
+    config points at."""
+    from coe.deploy.generate import expert_services
     from coe.experts.schema import load_config
 
     block = {"services": expert_services(load_config(config_path), flavour)}

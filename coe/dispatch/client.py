@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -49,14 +49,15 @@ def prepare_body(expert: ExpertSpec, body: dict[str, Any], stream: bool) -> dict
     return out
 
 
-class Admission(Protocol):
-    """Holds a call until its expert is resident (`coe.pool.PoolSet`); others pass through."""
+PRIORITY_HEADER = "x-coe-priority"  # "batch": a pool service keeps batch work grouped
+SENDER_HEADER = "x-coe-sender"  # the batch worker sending it
 
-    def admit(self, expert: str) -> AbstractAsyncContextManager[None]: ...
 
-    def unavailable(self) -> set[str]:
-        """Experts that cannot be made resident right now (their controller failed)."""
-        ...
+class Liveness(Protocol):
+    """Experts not worth calling now (`coe.dispatch.liveness.PoolStates`: their pool
+    service reports them unavailable, or cannot be reached)."""
+
+    def unavailable(self) -> set[str]: ...
 
 
 class CallObserver(Protocol):
@@ -71,11 +72,11 @@ class ExpertClient:
     def __init__(
         self,
         http: httpx.AsyncClient,
-        admission: Admission | None = None,
+        liveness: Liveness | None = None,
         observer: CallObserver | None = None,
     ):
         self.http = http
-        self.admission = admission
+        self.liveness = liveness
         self.observer = observer
         self._replicas: dict[str, tuple[tuple[str, ...], ReplicaSet]] = {}
         self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
@@ -125,32 +126,44 @@ class ExpertClient:
             self.observer.observe_expert_call(expert.name, time.perf_counter() - started, ok)
 
     def unavailable(self) -> set[str]:
-        return self.admission.unavailable() if self.admission else set()
-
-    def _admitted(self, expert: ExpertSpec) -> AbstractAsyncContextManager[Any]:
-        return self.admission.admit(expert.name) if self.admission else nullcontext()
+        return self.liveness.unavailable() if self.liveness else set()
 
     def _timeout(self, expert: ExpertSpec) -> httpx.Timeout:
         return httpx.Timeout(expert.limits.timeout_s, connect=expert.limits.connect_timeout_s)
 
-    def headers(self, expert: ExpertSpec) -> dict[str, str]:
-        return {"Authorization": f"Bearer {expert.api_key}"} if expert.api_key else {}
+    def headers(
+        self, expert: ExpertSpec, priority: str | None = None, sender: str | None = None
+    ) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {expert.api_key}"} if expert.api_key else {}
+        if priority is not None:
+            headers[PRIORITY_HEADER] = priority
+        if sender is not None:
+            headers[SENDER_HEADER] = sender
+        return headers
 
     def _attempts(self, expert: ExpertSpec) -> list[Replica]:
         """Each replica once, best first; the next expert is the fallback after that."""
         return self.replicas(expert).order()
 
-    async def complete(self, expert: ExpertSpec, body: dict[str, Any]) -> dict[str, Any]:
-        """A non-streaming chat completion; tries each replica once."""
+    async def complete(
+        self,
+        expert: ExpertSpec,
+        body: dict[str, Any],
+        priority: str | None = None,
+        sender: str | None = None,
+    ) -> dict[str, Any]:
+        """A non-streaming chat completion; tries each replica once. `priority="batch"`
+        marks offline work, which a pool service groups by expert (`sender`: whose)."""
         payload = prepare_body(expert, body, stream=False)
         replicas = self.replicas(expert)
+        headers = self.headers(expert, priority, sender)
         last: UpstreamError | None = None
-        async with self._admitted(expert), self._slot(expert):
+        async with self._slot(expert):
             for replica in self._attempts(expert):
                 replica.inflight += 1
                 started = time.perf_counter()
                 try:
-                    result = await self._post_json(expert, replica.url, payload)
+                    result = await self._post_json(expert, replica.url, payload, headers)
                 except UpstreamError as err:
                     self._observe(expert, started, ok=False)
                     last = err
@@ -169,13 +182,13 @@ class ExpertClient:
         raise last
 
     async def _post_json(
-        self, expert: ExpertSpec, base: str, payload: dict[str, Any]
+        self, expert: ExpertSpec, base: str, payload: dict[str, Any], headers: dict[str, str]
     ) -> dict[str, Any]:
         url = f"{base}/v1/chat/completions"
         what = f"expert {expert.name} at {base}"
         try:
             resp = await self.http.post(
-                url, json=payload, headers=self.headers(expert), timeout=self._timeout(expert)
+                url, json=payload, headers=headers, timeout=self._timeout(expert)
             )
         except httpx.HTTPError as err:
             raise transport_error(err, what, expert=expert.name, url=base) from err
@@ -234,7 +247,7 @@ class ExpertClient:
         base = replica.url
         url = f"{base}/v1/chat/completions"
         what = f"expert {expert.name} at {base}"
-        async with self._admitted(expert), self._slot(expert):
+        async with self._slot(expert):
             replica.inflight += 1
             started = time.perf_counter()
             ok = False

@@ -77,12 +77,14 @@ async def complete_ranked(
     names: Sequence[str],
     experts: Mapping[str, ExpertSpec],
     body: dict[str, Any],
+    priority: str | None = None,
+    sender: str | None = None,
 ) -> Answer:
     errors: list[UpstreamError] = []
     failures: list[Failure] = []
     for expert in _resolve(names, experts):
         try:
-            response = await client.complete(expert, body)
+            response = await client.complete(expert, body, priority, sender)
         except UpstreamError as err:
             if not err.retryable:
                 raise

@@ -6,9 +6,11 @@ mappings so a timeout is always an UpstreamTimeout and a refusal always names it
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
-from coe.errors import UpstreamError, UpstreamStatus, UpstreamTimeout
+from coe.errors import ExpertUnavailable, UpstreamError, UpstreamStatus, UpstreamTimeout
 
 
 def transport_error(
@@ -37,6 +39,8 @@ def status_error(
 ) -> UpstreamError:
     """A request answered with an error status: an UpstreamStatus keeping the body (whose
     status decides retries and the client's status), or `kind` when the caller knows better."""
+    if kind is None and status == 503 and _error_type(text) == "expert_unavailable":
+        kind = ExpertUnavailable  # a pool service could not swap the expert in: fall back
     if kind is not None:
         return kind(f"{what} answered {status}: {text[:300]}", expert=expert, url=url)
     return UpstreamStatus(
@@ -46,3 +50,14 @@ def status_error(
         expert=expert,
         url=url,
     )
+
+
+def _error_type(text: str) -> str | None:
+    """The `error.type` of an OpenAI-shaped error body, if that is what `text` is."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return kind if isinstance(kind, str) else None

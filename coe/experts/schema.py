@@ -90,10 +90,23 @@ class PipelineSpec(Strict):
 class PoolSpec(Strict):
     """Experts sharing one device, C of them resident at once (docs/pools.md).
 
-    `controller` names a swap controller plug-in; its `params` are checked by the
-    controller's own `Params` model when the pools are built.
+    A pool belongs to its device: one pool service (`coe pool serve`) runs it next to its
+    vLLM servers, and every gateway and worker sends the pool's experts there (`service`,
+    which each member expert's `endpoints` must name). `controller` names a swap controller
+    plug-in; its `params` are checked by the controller's own `Params` model.
     """
 
+    service: HttpUrl = Field(description="base URL of the pool service that runs this pool")
+    state_ttl_s: float = Field(
+        1.0, gt=0, le=60, description="how long gateways trust the service's published state"
+    )
+    batch_linger_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="an expert serving batch work stays resident this long after its last "
+        "batch call while only batch work waits, so workers do not make it alternate",
+    )
     controller: str = Field("static", min_length=1, description="swap controller kind")
     capacity: int = Field(1, ge=1, le=256, description="experts resident at once (C)")
     max_wait_s: float = Field(
@@ -105,6 +118,10 @@ class PoolSpec(Strict):
     params: dict[str, Any] = Field(
         default_factory=dict, description="controller parameters (docs/pools.md)"
     )
+
+    @property
+    def service_url(self) -> str:
+        return str(self.service).rstrip("/")
 
 
 class LocalServer(Strict):
@@ -169,8 +186,17 @@ class CoeConfig(Strict):
             if agg is not None and agg not in known:
                 raise ValueError(f"pipelines.{pname}.aggregation.aggregator {agg!r} is unknown")
         for e in self.experts:
-            if e.pool is not None and e.pool not in self.pools:
+            if e.pool is None:
+                continue
+            pool = self.pools.get(e.pool)
+            if pool is None:
                 raise ValueError(f"expert {e.name} names unknown pool {e.pool!r}")
+            service = pool.service_url
+            if e.base_urls() != [service]:
+                raise ValueError(
+                    f"expert {e.name} is in pool {e.pool}, served at {service}; "
+                    f"its endpoints must be [{service}], not {e.base_urls()}"
+                )
         if self.pipelines and self.default_pipeline not in self.pipelines:
             raise ValueError(f"default_pipeline {self.default_pipeline!r} is not a pipeline")
         return self

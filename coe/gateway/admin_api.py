@@ -68,6 +68,14 @@ async def expert_health(name: str, _: AdminDep, runtime: RuntimeDep) -> dict[str
     return await probe_expert(runtime.client, runtime.registry.get(name))
 
 
+@router.get("/pools")
+async def pool_states(_: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
+    """What each pool service last published, as this replica routes by it."""
+    states = runtime.pools.states() if runtime.pools is not None else {}
+    unavailable = sorted(runtime.pools.unavailable()) if runtime.pools is not None else []
+    return {"pools": dict(states), "unavailable": unavailable}
+
+
 @router.post("/reload")
 async def reload_config(
     _: AdminDep, runtime: RuntimeDep, body: ReloadRequest | None = None

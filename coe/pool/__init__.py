@@ -1,7 +1,9 @@
 """Expert pools: which experts are resident on a shared device, swaps, and grouping work by expert.
 
 What a swap controller plug-in is written against is exported here: `SwapController`,
-`ControllerParams`, `PoolContext`, `ExpertState`. See docs/pools.md.
+`ControllerParams`, `PoolContext`, `ExpertState`. The pool service that runs a device's
+pools (`coe pool serve`) is `coe.pool.service`, imported on its own (it is a web app).
+See docs/pools.md.
 """
 
 from coe.pool.controllers.base import ControllerParams, ExpertState, PoolContext, SwapController

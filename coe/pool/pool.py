@@ -2,8 +2,11 @@
 
 Requests for a resident expert go straight through; the others queue. When a place is
 needed, the scheduler swaps in the expert with the most waiting requests (the oldest
-first once any has waited `max_wait_s`), evicting an idle resident, or draining one
-when a request would otherwise starve.
+first once an online request has waited `max_wait_s`), evicting an idle resident, or
+draining one when an online request would otherwise starve. Batch requests never force a
+swap, and an expert serving batch work lingers `batch_linger_s` for its next unit, so
+several batch workers do not make the pool alternate. A failed swap keeps the expert's
+place until the controller confirms the model is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Literal
 
 from coe.errors import ConfigError, ExpertUnavailable
 from coe.pool.controllers.base import OCCUPYING, ExpertState, SwapController
@@ -23,12 +27,15 @@ from coe.pool.metrics import PoolMetrics
 log = logging.getLogger(__name__)
 
 Observer = Callable[["Pool", str, ExpertState], None]
+Priority = Literal["online", "batch"]
 
 
 @dataclass
 class _Waiter:
     future: asyncio.Future[None]
     since: float
+    online: bool = True
+    sender: str | None = None  # which batch worker sent it, when it said
 
 
 @dataclass
@@ -38,7 +45,13 @@ class _Expert:
     active: int = 0
     draining: bool = False
     last_used: float = 0.0
+    last_batch: float = float("-inf")  # when it last finished a batch call
+    batch_senders: dict[str | None, float] = field(default_factory=dict)  # sender -> last call
     retry_at: float = 0.0
+    holds_place: bool = False  # unavailable, but the device may still hold it
+
+    def oldest_online(self) -> float | None:
+        return next((w.since for w in self.waiters if w.online), None)
 
 
 class Pool:
@@ -50,6 +63,7 @@ class Pool:
         capacity: int,
         max_wait_s: float = 30.0,
         retry_after_s: float = 30.0,
+        batch_linger_s: float = 2.0,
         metrics: PoolMetrics | None = None,
         observer: Observer | None = None,
     ):
@@ -64,6 +78,7 @@ class Pool:
         self.capacity = capacity
         self.max_wait_s = max_wait_s
         self.retry_after_s = retry_after_s
+        self.batch_linger_s = batch_linger_s
         self.metrics = metrics or PoolMetrics()
         self.observer = observer
         self._experts = {e: _Expert(controller.unloaded_state) for e in experts}
@@ -86,13 +101,29 @@ class Pool:
         return [n for n, e in self._experts.items() if e.state is ExpertState.RESIDENT]
 
     def occupied(self) -> int:
-        return sum(1 for e in self._experts.values() if e.state in OCCUPYING)
+        """Places taken: loading, resident, unloading, and failed swaps not yet confirmed gone."""
+        return sum(
+            1
+            for e in self._experts.values()
+            if e.state in OCCUPYING or (e.state is ExpertState.UNAVAILABLE and e.holds_place)
+        )
 
     def unavailable(self) -> set[str]:
         return {n for n, e in self._experts.items() if e.state is ExpertState.UNAVAILABLE}
 
     def queue_depth(self, expert: str) -> int:
         return len(self._get(expert).waiters)
+
+    def active(self, expert: str) -> int:
+        """Calls admitted to the expert and not finished."""
+        return self._get(expert).active
+
+    def retry_in(self, expert: str) -> float | None:
+        """Seconds until an unavailable expert is tried again; None when it is not unavailable."""
+        slot = self._get(expert)
+        if slot.state is not ExpertState.UNAVAILABLE:
+            return None
+        return max(0.0, slot.retry_at - time.monotonic())
 
     def _get(self, expert: str) -> _Expert:
         slot = self._experts.get(expert)
@@ -130,8 +161,15 @@ class Pool:
 
     # -- admission ------------------------------------------------------------------------
     @asynccontextmanager
-    async def admit(self, expert: str) -> AsyncIterator[None]:
-        """Hold the expert resident for the duration of one call; queue until it is."""
+    async def admit(
+        self, expert: str, priority: Priority = "online", sender: str | None = None
+    ) -> AsyncIterator[None]:
+        """Hold the expert resident for the duration of one call; queue until it is.
+
+        `batch` calls never force a swap (no starvation drain), and keep their expert
+        resident `batch_linger_s` after they finish while only batch work waits elsewhere —
+        unless every `sender` that used it since has moved on to wait for another expert.
+        """
         slot = self._get(expert)
         now = time.monotonic()
         if slot.state is ExpertState.UNAVAILABLE and now < slot.retry_at:
@@ -144,16 +182,21 @@ class Pool:
             slot.active += 1
             self.metrics.waited(self.name, expert, 0.0)
         else:
-            await self._queue(expert, slot, now)
+            await self._queue(expert, slot, now, online=priority != "batch", sender=sender)
         try:
             yield
         finally:
             slot.active -= 1
             slot.last_used = time.monotonic()
+            if priority == "batch":
+                slot.last_batch = slot.last_used
+                slot.batch_senders[sender] = slot.last_used
             self._wake()
 
-    async def _queue(self, expert: str, slot: _Expert, now: float) -> None:
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), now)
+    async def _queue(
+        self, expert: str, slot: _Expert, now: float, online: bool, sender: str | None = None
+    ) -> None:
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), now, online, sender)
         slot.waiters.append(waiter)
         self.metrics.depth(self.name, expert, len(slot.waiters))
         self._wake()
@@ -186,22 +229,31 @@ class Pool:
     def _schedule(self) -> float | None:
         """One pass: grant, recover, maybe start a swap. Returns when to look again."""
         now = time.monotonic()
+        reclaim: str | None = None
         for name, slot in self._experts.items():
             if slot.state is ExpertState.RESIDENT and not slot.draining:
                 self._grant(name, slot)
             elif slot.state is ExpertState.UNAVAILABLE and now >= slot.retry_at:
-                self._set(name, self.controller.unloaded_state)
+                if not slot.holds_place:
+                    self._set(name, self.controller.unloaded_state)
+                elif reclaim is None:
+                    reclaim = name
+        deadlines: list[float] = []
         if self._swap is None:
-            self._plan_swap(now)
-        deadlines = [
-            s.waiters[0].since + self.max_wait_s
-            for s in self._experts.values()
-            if s.waiters and s.state is not ExpertState.RESIDENT
-        ]
-        deadlines += [
-            s.retry_at for s in self._experts.values() if s.state is ExpertState.UNAVAILABLE
-        ]
-        return max(0.01, min(deadlines) - now) if deadlines else None
+            if reclaim is not None:
+                self._swap = asyncio.create_task(self._reclaim(reclaim))
+            else:
+                deadlines += self._plan_swap(now)
+        for s in self._experts.values():
+            oldest = s.oldest_online()
+            if oldest is not None and s.state is not ExpertState.RESIDENT:
+                deadlines.append(oldest + self.max_wait_s)
+            if s.state is ExpertState.UNAVAILABLE:
+                deadlines.append(s.retry_at)
+        # Past deadlines need no timer: this pass acted on them, or the swap or call that
+        # stopped it wakes the scheduler when it ends.
+        future = [d for d in deadlines if d > now]
+        return max(0.01, min(future) - now) if future else None
 
     def _grant(self, name: str, slot: _Expert) -> None:
         while slot.waiters:
@@ -212,7 +264,8 @@ class Pool:
         self.metrics.depth(self.name, name, 0)
 
     def _pick(self, now: float) -> str | None:
-        """The expert to swap in: the most waiting work, or the oldest once one starves."""
+        """The expert to swap in: online work first, then the most waiting requests; the
+        oldest online request once one has waited `max_wait_s`."""
         waiting = [
             (name, s)
             for name, s in self._experts.items()
@@ -220,22 +273,41 @@ class Pool:
         ]
         if not waiting:
             return None
-        starving = [(n, s) for n, s in waiting if now - s.waiters[0].since >= self.max_wait_s]
+        online = [(n, s, o) for n, s in waiting if (o := s.oldest_online()) is not None]
+        starving = [(n, o) for n, _, o in online if now - o >= self.max_wait_s]
         if starving:
-            return min(starving, key=lambda ns: ns[1].waiters[0].since)[0]
-        return max(waiting, key=lambda ns: (len(ns[1].waiters), -ns[1].waiters[0].since))[0]
+            return min(starving, key=lambda no: no[1])[0]
+        return max(
+            waiting,
+            key=lambda ns: (
+                ns[1].oldest_online() is not None,
+                len(ns[1].waiters),
+                -ns[1].waiters[0].since,
+            ),
+        )[0]
 
-    def _plan_swap(self, now: float) -> None:
+    def _plan_swap(self, now: float) -> list[float]:
+        """Start the swap the waiting work needs, if any; returns when a lingering batch
+        expert stops holding its place (the next look)."""
         target = self._pick(now)
         if target is None:
             for slot in self._experts.values():
                 slot.draining = False  # nobody needs the place any more
-            return
+            return []
         if self.occupied() < self.capacity:
             self._start_swap(None, target)
-            return
+            return []
+        oldest_online = self._experts[target].oldest_online()
         residents = [(n, s) for n, s in self._experts.items() if s.state is ExpertState.RESIDENT]
         idle = [(n, s) for n, s in residents if s.active == 0 and not s.waiters]
+        # Only batch work wants the place: a resident that just served batch keeps it.
+        moved_on = {w.sender for s in self._experts.values() for w in s.waiters if w.sender}
+        lingering = (
+            []
+            if oldest_online is not None
+            else [n for n, s in idle if self._lingers(s, now, moved_on)]
+        )
+        idle = [(n, s) for n, s in idle if n not in lingering]
         draining = [(n, s) for n, s in residents if s.draining]
         if draining:
             name, slot = draining[0]
@@ -243,7 +315,7 @@ class Pool:
                 self._start_swap(name, target)
         elif idle:
             self._start_swap(min(idle, key=lambda ns: ns[1].last_used)[0], target)
-        elif now - self._experts[target].waiters[0].since >= self.max_wait_s and residents:
+        elif oldest_online is not None and now - oldest_online >= self.max_wait_s and residents:
             # Starvation bound: stop admitting to the least busy resident, swap once it drains.
             name, slot = min(residents, key=lambda ns: (ns[1].active, ns[1].last_used))
             slot.draining = True
@@ -252,10 +324,20 @@ class Pool:
                 self.name,
                 name,
                 target,
-                now - self._experts[target].waiters[0].since,
+                now - oldest_online,
             )
             if slot.active == 0:
                 self._start_swap(name, target)
+        return [self._experts[n].last_batch + self.batch_linger_s for n in lingering]
+
+    def _lingers(self, slot: _Expert, now: float, moved_on: set[str]) -> bool:
+        """A resident that served batch work just now: its next unit is probably coming —
+        unless each sender that used it within the linger already waits for another expert
+        (a lone worker that finished this expert's group). Unnamed senders never move on."""
+        if now - slot.last_batch >= self.batch_linger_s:
+            return False
+        recent = [s for s, t in slot.batch_senders.items() if now - t < self.batch_linger_s]
+        return any(s is None or s not in moved_on for s in recent)
 
     def _start_swap(self, victim: str | None, target: str) -> None:
         self._swap = asyncio.create_task(self._do_swap(victim, target))
@@ -273,6 +355,7 @@ class Pool:
         """Load or unload one expert; a failure marks it unavailable and fails its queue."""
         slot = self._experts[expert]
         slot.draining = False
+        slot.holds_place = False  # loading and unloading hold a place by their state
         self._set(expert, ExpertState.LOADING if load else ExpertState.UNLOADING)
         started = time.monotonic()
         try:
@@ -294,6 +377,7 @@ class Pool:
                 exc_info=err,
             )
             self.metrics.failed(self.name, expert)
+            slot.holds_place = await self._loaded(expert) is not False
             slot.retry_at = time.monotonic() + self.retry_after_s
             self._set(expert, ExpertState.UNAVAILABLE)
             failure = ExpertUnavailable(
@@ -315,6 +399,41 @@ class Pool:
             "pool %s: %s %s in %.2f s", self.name, "loaded" if load else "unloaded", expert, seconds
         )
         return True
+
+    async def _loaded(self, expert: str) -> bool | None:
+        """Whether the controller reports the expert loaded now; None when it cannot tell."""
+        try:
+            return expert in await self.controller.resident()
+        # Not knowing is an answer too: the place stays taken, and we ask again later.
+        except Exception as err:
+            log.warning(
+                "pool %s: cannot tell whether %s is still loaded: %s", self.name, expert, err
+            )
+            return None
+
+    async def _reclaim(self, expert: str) -> None:
+        """At its retry time, an expert whose swap failed while it may have been loaded: its
+        place is freed once the controller confirms it is gone; if it is still loaded it is
+        resident again (and unloaded the usual way when its place is needed)."""
+        slot = self._experts[expert]
+        try:
+            loaded = await self._loaded(expert)
+            if loaded is None:
+                slot.retry_at = time.monotonic() + self.retry_after_s
+                failure = ExpertUnavailable(
+                    f"pool {self.name} cannot tell whether expert {expert} is still loaded "
+                    f"after a failed swap (retry in {self.retry_after_s:.0f} s)",
+                    expert=expert,
+                )
+                self._fail_waiters(expert, slot, failure)
+                return
+            slot.holds_place = False
+            self._set(expert, ExpertState.RESIDENT if loaded else self.controller.unloaded_state)
+            if not loaded:
+                log.info("pool %s: %s confirmed unloaded; its place is free", self.name, expert)
+        finally:
+            self._swap = None
+            self._wake()
 
     def _fail_waiters(self, name: str, slot: _Expert, err: ExpertUnavailable) -> None:
         while slot.waiters:

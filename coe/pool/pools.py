@@ -1,4 +1,4 @@
-"""All pools of a process, built from experts.yaml: the admission object the dispatcher consults.
+"""The pools one pool service runs, built from experts.yaml: admission by expert name.
 
 Experts in no pool pass straight through.
 """
@@ -6,16 +6,17 @@ Experts in no pool pass straight through.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 
+from coe.errors import ConfigError
 from coe.pool.controllers.base import PoolContext
 from coe.pool.metrics import PoolMetrics
-from coe.pool.pool import Pool
+from coe.pool.pool import Pool, Priority
 from coe.pool.registry import ControllerRegistry
 
 if TYPE_CHECKING:
@@ -38,12 +39,14 @@ class PoolSet:
         return {e for p in self.pools.values() for e in p.unavailable()}
 
     @asynccontextmanager
-    async def admit(self, expert: str) -> AsyncIterator[None]:
+    async def admit(
+        self, expert: str, priority: Priority = "online", sender: str | None = None
+    ) -> AsyncIterator[None]:
         pool = self._by_expert.get(expert)
         if pool is None:
             yield
             return
-        async with pool.admit(expert):
+        async with pool.admit(expert, priority, sender):
             yield
 
     async def start(self) -> None:
@@ -69,18 +72,25 @@ def build_pools(
     *,
     base_dir: Path | None = None,
     controllers: ControllerRegistry | None = None,
+    names: Collection[str] | None = None,
 ) -> PoolSet:
     """Pools and their controllers from the config; no I/O until `start()`.
 
-    Controller kinds come from `controllers`, else from the installed entry points and the
-    config's `controllers_dirs` (relative to `base_dir`, the folder of experts.yaml).
+    `names` picks the pools to build (default: all). Controller kinds come from
+    `controllers`, else from the installed entry points and the config's `controllers_dirs`
+    (relative to `base_dir`, the folder of experts.yaml).
     """
     metrics = metrics or PoolMetrics()
-    if not config.pools:
+    unknown = sorted(set(names or ()) - set(config.pools))
+    if unknown:
+        known = ", ".join(sorted(config.pools)) or "none"
+        raise ConfigError(f"no pool named {', '.join(unknown)} in the config (pools: {known})")
+    chosen = {n: s for n, s in config.pools.items() if names is None or n in names}
+    if not chosen:
         return PoolSet({}, metrics)
     controllers = controllers or ControllerRegistry.load(config.controllers_dirs, base_dir)
     pools: dict[str, Pool] = {}
-    for name, spec in config.pools.items():
+    for name, spec in chosen.items():
         members = [e for e in config.experts if e.pool == name]
         if not members:
             controllers.resolve(name, spec)  # still refuse a typo in an unused pool
@@ -94,6 +104,7 @@ def build_pools(
             spec.capacity,
             max_wait_s=spec.max_wait_s,
             retry_after_s=spec.retry_after_s,
+            batch_linger_s=spec.batch_linger_s,
             metrics=metrics,
         )
     return PoolSet(pools, metrics)

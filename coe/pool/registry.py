@@ -47,4 +47,10 @@ class ControllerRegistry(Plugins[SwapController]):
 
     def build(self, pool: PoolContext) -> SwapController:
         cls, params = self.resolve(pool.name, pool.spec)
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise ConfigError(
+                f"pools.{pool.name}.controller: swap controller kind {pool.spec.controller!r} "
+                f"({cls.__module__}.{cls.__qualname__}) does not implement {', '.join(missing)}"
+            )
         return cls.from_config(params, pool)

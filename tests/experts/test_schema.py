@@ -93,9 +93,16 @@ def test_local_servers_and_pools(tmp_path: Path) -> None:
     data = {
         **BASE,
         "local_servers": [{"served_model_name": "smol", "port": 8101, "start_timeout_s": 30}],
-        "pools": {"gpu": {"controller": "my-own-kind", "params": {"free": "form"}}},
+        "pools": {
+            "gpu": {
+                "service": "http://pool-gpu:8200/",
+                "controller": "my-own-kind",
+                "params": {"free": "form"},
+            }
+        },
     }
     cfg = load_config(write(tmp_path, data))
+    assert cfg.pools["gpu"].service_url == "http://pool-gpu:8200"
     server = cfg.local_servers[0]
     assert (server.log_name, server.start_timeout_s, server.model) == (
         "smol",
@@ -104,3 +111,19 @@ def test_local_servers_and_pools(tmp_path: Path) -> None:
     )
     # The kind and its params are the controller plug-in's to check, when pools are built.
     assert cfg.pools["gpu"].controller == "my-own-kind" and cfg.controllers_dirs == []
+
+
+def test_pooled_experts_must_name_their_pool_service(tmp_path: Path) -> None:
+    """Gateways reach a pooled expert only through its pool service; an expert that names
+    another endpoint would bypass the device's scheduler."""
+    pool = {"service": "http://pool-gpu:8200", "controller": "static"}
+    expert = {**BASE["experts"][0], "pool": "gpu", "endpoints": ["http://vllm:8000"]}
+    data = {**BASE, "experts": [expert, *BASE["experts"][1:]], "pools": {"gpu": pool}}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert "is in pool gpu, served at http://pool-gpu:8200; its endpoints must be" in str(
+        err.value.message
+    )
+    no_service = {**data, "pools": {"gpu": {"controller": "static"}}}
+    with pytest.raises(ConfigError, match=r"pools\.gpu\.service: Field required"):
+        load_config(write(tmp_path, no_service))

@@ -29,8 +29,7 @@ MSG = [{"role": "user", "content": "hi"}]
 def config_for(url: str) -> CoeConfig:
     return CoeConfig.model_validate(
         {
-            "experts": [{"name": "alpha", "model": "m", "endpoints": [url], "pool": "dev0"}],
-            "pools": {"dev0": {"controller": "static", "capacity": 1}},
+            "experts": [{"name": "alpha", "model": "m", "endpoints": [url]}],
             "default_expert": "alpha",
             "pipelines": {"auto": {"routers": ["default"]}},
             "routers_dirs": [str(REPO / "routers")],
@@ -85,6 +84,7 @@ ADMIN_ROUTES = [
     ("PATCH", "/admin/experts/alpha"),
     ("DELETE", "/admin/experts/alpha"),
     ("GET", "/admin/experts/alpha/health"),
+    ("GET", "/admin/pools"),
     ("POST", "/admin/reload"),
     ("POST", "/admin/routers/rebuild"),
     ("GET", "/admin/keys"),
@@ -211,8 +211,6 @@ async def test_metrics_content(admin: httpx.AsyncClient, anon: httpx.AsyncClient
     assert 'coe_route_decisions_total{expert="alpha",router="default"}' in text
     assert 'coe_tokens_total{expert="alpha",kind="completion"}' in text
     assert 'coe_expert_latency_seconds_count{expert="alpha",outcome="ok"} 1.0' in text
-    # a static pool never swaps, but every admission is timed
-    assert 'coe_pool_wait_seconds_count{expert="alpha",pool="dev0"}' in text
 
 
 async def test_request_id_header_everywhere(shared_anon: httpx.AsyncClient) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import pytest
 
-from coe.dispatch import ExpertClient
 from coe.errors import ConfigError, ExpertUnavailable, UpstreamError
 from coe.experts.schema import parse_config
 from coe.pool import ExpertState, build_pools
@@ -17,16 +16,19 @@ from coe.pool.controllers.lora import LoraController
 from coe.pool.controllers.sleep import SleepController, sleep_refusal
 from tests.support.net import free_port
 
+SERVICE = "http://127.0.0.1:9"  # the pool service every member names (nothing listens)
+STATIC = {"upstreams": {"x": "http://127.0.0.1:9", "y": "http://127.0.0.1:9"}}
+
 
 def config(**pool: Any) -> dict[str, Any]:
     return {
         "experts": [
-            {"name": "x", "model": "ad-x", "endpoints": ["http://127.0.0.1:9"], "pool": "gpu0"},
-            {"name": "y", "model": "ad-y", "endpoints": ["http://127.0.0.1:9"], "pool": "gpu0"},
+            {"name": "x", "model": "ad-x", "endpoints": [SERVICE], "pool": "gpu0"},
+            {"name": "y", "model": "ad-y", "endpoints": [SERVICE], "pool": "gpu0"},
             {"name": "z", "model": "m", "endpoints": ["http://127.0.0.1:9"]},
         ],
         "default_expert": "z",
-        "pools": {"gpu0": pool},
+        "pools": {"gpu0": {"service": SERVICE, **pool}},
     }
 
 
@@ -67,7 +69,11 @@ def test_unknown_controller_kind_names_the_pool_and_the_known_kinds() -> None:
             {"base_url": "http://h", "max_loras": 2, "adapters": {"x": "/a"}},
             r"pools\.gpu0\.params\.adapters: no adapter for y",
         ),
-        ("sleep", {"level": 3}, r"pools\.gpu0\.params \(sleep\): level: Input should be 1 or 2"),
+        (
+            "sleep",
+            {"servers": {"x": "http://gpu:8001", "y": "http://gpu:8002"}, "level": 3},
+            r"pools\.gpu0\.params \(sleep\): level: Input should be 1 or 2",
+        ),
         (
             "process",
             {"servers": {"x": {"port": 8001}, "y": {"served_model_name": "m", "port": 8002}}},
@@ -78,7 +84,11 @@ def test_unknown_controller_kind_names_the_pool_and_the_known_kinds() -> None:
             {"servers": {"x": {"served_model_name": "m", "port": 8001}}},
             r"pools\.gpu0\.params\.servers: no server for y",
         ),
-        ("static", {"anything": 1}, r"pools\.gpu0\.params \(static\): anything: unknown key"),
+        (
+            "static",
+            {**STATIC, "anything": 1},
+            r"pools\.gpu0\.params \(static\): anything: unknown key",
+        ),
     ],
 )
 def test_bad_controller_params_name_the_pool_and_the_problem(
@@ -102,7 +112,7 @@ def test_process_servers_are_local_servers_with_their_start_timeout() -> None:
 
 
 async def test_static_pool_admits_through_the_client_hook() -> None:
-    cfg = parse_config(config(controller="static", capacity=2))
+    cfg = parse_config(config(controller="static", capacity=2, params=STATIC))
     async with httpx.AsyncClient() as http:
         pools = build_pools(cfg, http)
         await pools.start()
@@ -113,8 +123,6 @@ async def test_static_pool_admits_through_the_client_hook() -> None:
                 "x": ExpertState.RESIDENT,
                 "y": ExpertState.RESIDENT,
             }
-            client = ExpertClient(http, admission=pools)
-            assert client.admission is pools
             async with pools.admit("z"), pools.admit("x"):
                 pass
         finally:
@@ -220,16 +228,18 @@ async def test_a_server_that_never_gets_healthy_says_why(tmp_path: Path) -> None
     assert f"127.0.0.1:{port}/health failed: ConnectError" in err.value.message
 
 
-async def test_gateway_services_build_pass_and_close_the_pools() -> None:
+async def test_gateways_hold_no_pools_only_what_the_pool_services_publish() -> None:
+    """A gateway's runtime builds no pool and starts no controller: it follows each pool
+    service's state, and routes around a pool service it cannot reach."""
     from coe.config import Settings
+    from coe.dispatch.liveness import PoolStates
     from coe.runtime import build_runtime
 
-    cfg = parse_config(config(controller="static", capacity=2))
+    cfg = parse_config(config(controller="static", capacity=2, params=STATIC))
     runtime = await build_runtime(Settings(dev_mode=True), cfg, serve_admin=False)
     try:
-        assert runtime.pools is not None and runtime.client.admission is runtime.pools
-        pool = runtime.pools.pool_of("x")
-        assert pool is not None and pool.resident() == ["x", "y"]
+        assert isinstance(runtime.pools, PoolStates) and runtime.client.liveness is runtime.pools
+        assert runtime.client.unavailable() == {"x", "y"}  # nothing listens at the service
+        assert runtime.engine.context().experts.keys() == {"z"}
     finally:
         await runtime.close()
-    assert pool._scheduler is not None and pool._scheduler.done()

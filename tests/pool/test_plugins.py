@@ -33,6 +33,7 @@ class CountingController(SwapController):
         self.label = label
         self.experts = experts
         self.log = []
+        self.loaded = set()
 
     @classmethod
     def from_config(cls, params, pool):
@@ -40,9 +41,17 @@ class CountingController(SwapController):
 
     async def load(self, expert):
         self.log.append(("load", expert))
+        self.loaded.add(expert)
 
     async def unload(self, expert):
         self.log.append(("unload", expert))
+        self.loaded.discard(expert)
+
+    async def resident(self):
+        return set(self.loaded)
+
+    def upstream(self, expert):
+        return "http://127.0.0.1:9"
 """
 
 
@@ -53,11 +62,18 @@ def write_config(tmp_path: Path, controller: str, params: dict[str, object]) -> 
     (plugins / "_shared.py").write_text("PREFIX = 'shared-'\n")
     data = {
         "experts": [
-            {"name": n, "model": n, "endpoints": ["http://127.0.0.1:9"], "pool": "dev"}
+            {"name": n, "model": n, "endpoints": ["http://127.0.0.1:8200"], "pool": "dev"}
             for n in ("x", "y")
         ],
         "default_expert": "x",
-        "pools": {"dev": {"controller": controller, "capacity": 1, "params": params}},
+        "pools": {
+            "dev": {
+                "service": "http://127.0.0.1:8200",
+                "controller": controller,
+                "capacity": 1,
+                "params": params,
+            }
+        },
         "controllers_dirs": ["controllers"],  # relative to the file
     }
     path = tmp_path / "experts.yaml"
@@ -101,6 +117,18 @@ def test_a_path_plugin_is_known_and_its_params_checked(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, "teleport", {}))
     with pytest.raises(ConfigError, match=r"\(known: counting, lora, process, sleep, static\)"):
         build_pools(cfg, httpx.AsyncClient(), base_dir=tmp_path)
+
+
+def test_a_plugin_missing_a_method_is_named(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "counting", {"label": "L"})
+    plugin = tmp_path / "controllers" / "counting.py"
+    plugin.write_text(PLUGIN.split("    def upstream")[0])  # written before upstream() existed
+    with pytest.raises(
+        ConfigError,
+        match=r"pools\.dev\.controller: swap controller kind 'counting' \(.*CountingController\) "
+        r"does not implement upstream",
+    ):
+        build_pools(load_config(path), httpx.AsyncClient(), base_dir=tmp_path)
 
 
 def test_bad_plugin_folders_fail_clearly(tmp_path: Path) -> None:

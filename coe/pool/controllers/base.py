@@ -52,7 +52,8 @@ class SwapController(ABC):
     """Loads and unloads experts; raises a CoeError (or lets an I/O error out) on failure.
 
     Subclasses set `kind` (the name `pools.<name>.controller` uses) and `Params`, and
-    implement `from_config`, `load` and `unload`.
+    implement `from_config`, `load`, `unload`, `resident` (what is loaded now, asked of the
+    backend) and `upstream` (where a resident expert answers).
     """
 
     kind: ClassVar[str]
@@ -72,13 +73,22 @@ class SwapController(ABC):
 
     async def start(self) -> set[str]:
         """Probe the backend; returns the experts already resident."""
-        return set()
+        return await self.resident()
 
     @abstractmethod
     async def load(self, expert: str) -> None: ...
 
     @abstractmethod
     async def unload(self, expert: str) -> None: ...
+
+    @abstractmethod
+    async def resident(self) -> set[str]:
+        """The experts loaded now, asked of the backend, not remembered: after a failed swap
+        the pool keeps the expert's place until this no longer lists it."""
+
+    @abstractmethod
+    def upstream(self, expert: str) -> str:
+        """The base URL where the expert answers OpenAI requests while it is resident."""
 
     async def close(self) -> None:  # noqa: B027 - most controllers start nothing
         """Release what the controller started (processes); adapters and sleepers stay."""

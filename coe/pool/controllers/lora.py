@@ -55,10 +55,18 @@ class LoraController(SwapController):
     def max_capacity(self) -> int:
         return self.max_loras
 
-    async def start(self) -> set[str]:
+    async def resident(self) -> set[str]:
         resp = await self._request("GET", "/v1/models", None, "list models")
-        served = {m.get("id") for m in resp.json().get("data", [])}
+        try:
+            served = {m.get("id") for m in resp.json().get("data", [])}
+        except (ValueError, AttributeError, TypeError) as err:
+            raise ExpertUnavailable(
+                f"lora server {self.base_url}: /v1/models is not a model list", url=self.base_url
+            ) from err
         return {expert for expert, (name, _) in self.adapters.items() if name in served}
+
+    def upstream(self, expert: str) -> str:
+        return self.base_url
 
     async def load(self, expert: str) -> None:
         name, path = self.adapters[expert]

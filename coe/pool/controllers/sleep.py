@@ -19,9 +19,7 @@ from coe.pool.controllers.base import ControllerParams, ExpertState, PoolContext
 class SleepParams(ControllerParams):
     """Each expert's own vLLM server (GPU, --enable-sleep-mode, VLLM_SERVER_DEV_MODE=1)."""
 
-    servers: dict[str, str] = Field(
-        default_factory=dict, description="expert name -> base URL (default: its endpoint)"
-    )
+    servers: dict[str, str] = Field(description="expert name -> base URL of its vLLM server")
     level: Literal[1, 2] = 1
 
 
@@ -56,11 +54,16 @@ class SleepController(SwapController):
 
     @classmethod
     def from_config(cls, params: SleepParams, pool: PoolContext) -> SleepController:
-        servers = {e.name: params.servers.get(e.name) or e.base_urls()[0] for e in pool.experts}
+        missing = sorted({e.name for e in pool.experts} - set(params.servers))
+        if missing:
+            raise ConfigError(
+                f"pools.{pool.name}.params.servers: no server for {', '.join(missing)}"
+            )
+        servers = {e.name: params.servers[e.name] for e in pool.experts}
         return cls(pool.http, servers, params.level)
 
-    async def _probe(self, expert: str, url: str) -> bool:
-        """Refuses a server that cannot sleep; returns whether it is awake now."""
+    async def _probe(self, expert: str, url: str) -> None:
+        """Refuses a server that cannot sleep."""
         where = f"sleep pool: expert {expert} at {url}"
         info = await self._get(expert, f"{url}/server_info", {"config_format": "json"})
         if info is None:
@@ -70,11 +73,30 @@ class SleepController(SwapController):
         reason = sleep_refusal(info)
         if reason is not None:
             raise ConfigError(f"{where} cannot sleep: {reason}; use the process or lora controller")
-        state = await self._get(expert, f"{url}/is_sleeping", {})
-        return state is not None and state.get("is_sleeping") is False
 
     async def start(self) -> set[str]:
-        return {e for e, url in self.servers.items() if await self._probe(e, url)}
+        for expert, url in self.servers.items():
+            await self._probe(expert, url)
+        return await self.resident()
+
+    async def resident(self) -> set[str]:
+        """The awake servers (`GET /is_sleeping` answers false)."""
+        awake = set()
+        for expert, url in self.servers.items():
+            state = await self._get(expert, f"{url}/is_sleeping", {})
+            if state is None:
+                raise ExpertUnavailable(
+                    f"sleep pool: expert {expert} at {url} has no /is_sleeping "
+                    "(start it with VLLM_SERVER_DEV_MODE=1)",
+                    expert=expert,
+                    url=url,
+                )
+            if state.get("is_sleeping") is False:
+                awake.add(expert)
+        return awake
+
+    def upstream(self, expert: str) -> str:
+        return self.servers[expert]
 
     async def load(self, expert: str) -> None:
         await self._post(expert, "/wake_up", {})

@@ -2,30 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from pydantic import Field
 
 from coe.errors import ConfigError
-from coe.pool.controllers.base import PoolContext, SwapController
+from coe.pool.controllers.base import ControllerParams, PoolContext, SwapController
+
+
+class StaticParams(ControllerParams):
+    upstreams: dict[str, str] = Field(
+        description="expert name -> base URL of the server that serves it"
+    )
 
 
 class StaticController(SwapController):
     kind = "static"
+    Params = StaticParams
 
-    def __init__(self, experts: Sequence[str]):
-        self.experts = list(experts)
+    def __init__(self, upstreams: dict[str, str]):
+        self.upstreams = {e: url.rstrip("/") for e, url in upstreams.items()}
 
     @classmethod
-    def from_config(cls, params: Any, pool: PoolContext) -> StaticController:
+    def from_config(cls, params: StaticParams, pool: PoolContext) -> StaticController:
         if pool.spec.capacity < len(pool.experts):
             raise ConfigError(
                 f"pools.{pool.name}: a static pool holds every expert: "
                 f"capacity {pool.spec.capacity} < {len(pool.experts)}"
             )
-        return cls([e.name for e in pool.experts])
+        missing = sorted({e.name for e in pool.experts} - set(params.upstreams))
+        if missing:
+            raise ConfigError(
+                f"pools.{pool.name}.params.upstreams: no upstream for {', '.join(missing)}"
+            )
+        return cls({e.name: params.upstreams[e.name] for e in pool.experts})
 
-    async def start(self) -> set[str]:
-        return set(self.experts)
+    async def resident(self) -> set[str]:
+        return set(self.upstreams)
+
+    def upstream(self, expert: str) -> str:
+        return self.upstreams[expert]
 
     async def load(self, expert: str) -> None:
         return None

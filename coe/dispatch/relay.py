@@ -1,0 +1,77 @@
+"""Forward a request's raw bytes to a server and relay its answer as it arrives.
+
+What the pool service does for the experts it fronts: the body is already what the expert
+should see, so nothing is parsed or rebuilt; status, content type and body come back as
+the server sent them, a stream chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+
+from coe.dispatch.http_errors import transport_error
+
+log = logging.getLogger(__name__)
+
+# Request headers worth passing on: the expert's key, what the caller accepts, its request id.
+FORWARDED = ("authorization", "accept", "x-request-id")
+# Response headers worth passing back besides the content type.
+RELAYED = ("retry-after", "x-request-id")
+
+
+def is_event_stream(resp: httpx.Response) -> bool:
+    return resp.headers.get("content-type", "").startswith("text/event-stream")
+
+
+def relayed_headers(resp: httpx.Response) -> dict[str, str]:
+    return {k: resp.headers[k] for k in RELAYED if k in resp.headers}
+
+
+async def open_upstream(
+    http: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    timeouts: httpx.Timeout,
+    expert: str,
+) -> httpx.Response:
+    """POST `body` to `url`; returns the response with its body not read yet (close it).
+
+    No answer at all is an UpstreamError (502) or UpstreamTimeout (504); any status the
+    server answers is the caller's to relay.
+    """
+    sent = {k: v for k, v in headers.items() if k.lower() in FORWARDED}
+    sent["content-type"] = headers.get("content-type", "application/json")
+    request = http.build_request("POST", url, content=body, headers=sent, timeout=timeouts)
+    try:
+        return await http.send(request, stream=True)
+    except httpx.HTTPError as err:
+        raise transport_error(err, f"expert {expert} at {url}", expert=expert, url=url) from err
+
+
+async def read_all(resp: httpx.Response, *, expert: str) -> bytes:
+    """The whole body of an answer that is not a stream."""
+    try:
+        return await resp.aread()
+    except httpx.HTTPError as err:
+        raise transport_error(
+            err, f"expert {expert} at {resp.url} (reading its answer)", expert=expert
+        ) from err
+
+
+async def relay_chunks(resp: httpx.Response, *, expert: str) -> AsyncIterator[bytes]:
+    """The body as it arrives. A stream that breaks ends with an OpenAI error event (the
+    status was sent long ago), so the caller sees a failure, never a short answer."""
+    try:
+        async for chunk in resp.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as err:
+        error = transport_error(err, f"expert {expert} at {resp.url} (streaming)", expert=expert)
+        log.warning("%s", error.message)
+        if is_event_stream(resp):
+            yield f"data: {json.dumps(error.to_openai())}\n\n".encode()
