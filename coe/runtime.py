@@ -82,7 +82,7 @@ class Runtime:
             in_process = self.settings.redis_url is None  # nobody else would run the jobs
         if in_process:
             worker = BatchWorker(
-                self.batch_jobs,
+                self.batch_jobs.work,
                 lambda: self.engine,
                 name="gateway",
                 claim_idle_s=self.settings.batch_claim_idle_s,

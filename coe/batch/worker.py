@@ -20,9 +20,9 @@ import socket
 from collections.abc import Callable
 
 from coe.aggregation import ExpertAnswer
-from coe.batch.jobs import BatchJobs, Line
 from coe.batch.units import Unit
 from coe.batch.wire import answer_body, result_line
+from coe.batch.work import BatchWork, Line
 from coe.errors import CoeError, StoreUnavailable
 from coe.observability import Metrics
 from coe.pipeline import Answer, Engine, Plan
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class BatchWorker:
     def __init__(
         self,
-        jobs: BatchJobs,
+        jobs: BatchWork,
         engine: Callable[[], Engine],
         name: str | None = None,
         claim_idle_s: float = 30.0,

@@ -117,7 +117,9 @@ async def _run_local(settings: Settings, file: Path, output: Path, workers: int)
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(
-                BatchWorker(runtime.batch_jobs, lambda: runtime.engine, name=f"local-{i}").run(stop)
+                BatchWorker(runtime.batch_jobs.work, lambda: runtime.engine, name=f"local-{i}").run(
+                    stop
+                )
             )
             for i in range(workers)
         ]
@@ -197,7 +199,7 @@ async def _work(
         await asyncio.gather(
             *(
                 BatchWorker(
-                    runtime.batch_jobs,
+                    runtime.batch_jobs.work,
                     lambda: runtime.engine,
                     name=base if concurrency == 1 else f"{base}-{i}",
                     claim_idle_s=settings.batch_claim_idle_s,
