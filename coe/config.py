@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     batch_max_lines: int = Field(50_000, ge=1)
     batch_chunk: int = Field(64, ge=1, le=10_000, description="items per route work unit")
     batch_claim_idle_s: float = Field(30.0, gt=0, description="reclaim units idle this long")
+    batch_max_deliveries: int = Field(
+        3, ge=1, le=100, description="a unit tried this often without success is given up"
+    )
+    batch_sweep_every_s: float | None = Field(
+        None, gt=0, description="how often a worker looks for stalled jobs (default: claim idle)"
+    )
+    batch_retention_s: float = Field(
+        30 * 24 * 3600, gt=0, description="finished batches, their files and uploads expire"
+    )
     batch_worker: bool | None = Field(
         None, description="run a batch worker inside the gateway; unset: only without Redis"
     )

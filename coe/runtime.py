@@ -9,7 +9,9 @@ import asyncio
 import logging
 import os
 import secrets
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ class Runtime:
     encoders: Any = None
     pools: PoolStates | None = None  # what each pool service publishes; no pool runs here
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def start_background(self) -> None:
@@ -81,14 +84,11 @@ class Runtime:
         if in_process is None:
             in_process = self.settings.redis_url is None  # nobody else would run the jobs
         if in_process:
-            worker = BatchWorker(
-                self.batch_jobs.work,
-                lambda: self.engine,
-                name="gateway",
-                claim_idle_s=self.settings.batch_claim_idle_s,
-                metrics=self.metrics,
+            worker = batch_worker(self, name="gateway")
+            stop = self.stopping
+            self.tasks.append(
+                asyncio.create_task(supervise("batch worker", lambda: worker.run(stop)))
             )
-            self.tasks.append(asyncio.create_task(worker.run()))
 
     async def reload_config(self) -> Engine:
         """Re-read experts.yaml and rebuild the routers; the old engine serves until then."""
@@ -101,13 +101,58 @@ class Runtime:
         return engine
 
     async def close(self) -> None:
+        """Stop the background work (asked by event first, then cancelled; whatever has not
+        stopped within `CLOSE_GRACE_S` is left behind with an error, never waited for)."""
+        self.stopping.set()
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.tasks:
+            _, stuck = await asyncio.wait(self.tasks, timeout=CLOSE_GRACE_S)
+            for task in stuck:
+                log.error("background task %s did not stop on close", task.get_name())
         if self.pools is not None:
             await self.pools.close()
         await self.http.aclose()
         await self.store.close()
+
+
+CLOSE_GRACE_S = 10.0
+
+
+def batch_worker(runtime: Runtime, name: str | None = None) -> BatchWorker:
+    """A batch worker over this runtime's store and engine, with the process's settings."""
+    settings = runtime.settings
+    return BatchWorker(
+        runtime.batch_jobs.work,
+        lambda: runtime.engine,
+        name=name,
+        claim_idle_s=settings.batch_claim_idle_s,
+        metrics=runtime.metrics,
+        max_deliveries=settings.batch_max_deliveries,
+        sweep_every_s=settings.batch_sweep_every_s,
+    )
+
+
+async def supervise(
+    name: str,
+    run: Callable[[], Awaitable[None]],
+    backoff_s: float = 1.0,
+    max_backoff_s: float = 30.0,
+) -> None:
+    """Run a background task for the life of the process: if it dies, log why and start it
+    again (after a pause that doubles while it keeps dying young)."""
+    delay = backoff_s
+    while True:
+        started = time.monotonic()
+        try:
+            await run()
+            return
+        except Exception:  # the process serves on; the task is restarted, not ignored
+            log.exception("%s died; restarting it in %.0f s", name, delay)
+        if time.monotonic() - started > max_backoff_s:
+            delay = backoff_s
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_backoff_s)
 
 
 def _encoder_cache() -> object | None:
@@ -184,7 +229,7 @@ async def build_runtime(
         api_keys=api_keys,
         admin_token=admin_token,
         base_dir=base_dir,
-        batch_jobs=BatchJobs(store, chunk=settings.batch_chunk),
+        batch_jobs=BatchJobs.from_settings(store, settings),
         encoders=encoders,
         pools=pools,
     )

@@ -23,6 +23,15 @@ class Unit:
         """Names a run unit within its job (its expert and first line)."""
         return f"{self.expert}:{self.items[0] if self.items else self.start}"
 
+    @property
+    def label(self) -> str:
+        """The unit in words, for logs and error messages."""
+        if self.phase == "route":
+            return f"route unit (lines {self.start}-{self.end - 1})"
+        first = self.items[0] if self.items else 0
+        what = f"{self.expert} " if self.phase == "run" else ""
+        return f"{self.phase} unit ({what}{len(self.items)} lines from line {first})"
+
     def fields(self) -> dict[str, str]:
         return {
             "job": self.job_id,

@@ -2,13 +2,18 @@
 (routes, expert answers, results). Workers run phases through these methods and never touch
 the store themselves. Every per-line write is set-if-absent, so a unit re-run after a worker
 crash can neither answer a line twice nor overwrite what an earlier run stored.
+
+Each phase queues the next before its unit is acknowledged; what a crash can still lose (a
+phase lock held by a dead worker, a stream entry gone) the sweeper finds (`sweepable`,
+`redrive`): a job with no work on the stream that nobody touched lately gets the work it
+still lacks queued again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +23,10 @@ from coe.store import keys
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
+
+# Jobs in these states are no longer the workers' to drive (jobs.py owns the states).
+NOT_DRIVEN = {"completed", "failed", "expired", "cancelled", "cancelling", "finalizing"}
+OnLocked = Callable[[], None]  # called between a phase's lock and its enqueue (a fault point)
 
 
 @dataclass(frozen=True)
@@ -38,13 +47,20 @@ class BatchWork:
     async def ensure_group(self) -> None:
         await self.store.xgroup_create(keys.BATCH_STREAM, keys.BATCH_GROUP)
 
-    async def is_cancelled(self, job_id: str) -> bool:
-        return await self.store.hget(keys.batch_job(job_id), "status") == "cancelled"
+    async def stopped(self, job_id: str) -> bool:
+        """The job is cancelled or being cancelled, has failed or expired, or is gone from the
+        store (past its retention): its units do nothing."""
+        status = await self.store.hget(keys.batch_job(job_id), "status")
+        return status in (None, "cancelling", "cancelled", "failed", "expired")
 
     # -- the work stream ------------------------------------------------------------------
     async def enqueue(self, units: Iterable[Unit]) -> None:
+        indexed: set[str] = set()
         for unit in units:
             await self.store.xadd(keys.BATCH_STREAM, unit.fields())
+            if unit.job_id not in indexed:  # after its first entry: the sweeper's to watch
+                await self.store.hset(keys.BATCH_ACTIVE, {unit.job_id: "1"})
+                indexed.add(unit.job_id)
 
     async def claim(self, worker: str, idle_ms: int, block_ms: int = 500) -> list[tuple[str, Unit]]:
         """The next unit: one a dead worker left (idle past `idle_ms`) first, else a new one."""
@@ -67,13 +83,31 @@ class BatchWork:
     async def ack(self, entry_id: str) -> None:
         await self.store.xack(keys.BATCH_STREAM, keys.BATCH_GROUP, entry_id)
 
+    async def deliveries(self, entry_id: str) -> int:
+        return await self.store.xdeliveries(keys.BATCH_STREAM, keys.BATCH_GROUP, entry_id)
+
+    async def extend(self, worker: str, entry_id: str) -> bool:
+        """Keep a unit this worker holds from looking abandoned; False once it lost it."""
+        return await self.store.xextend(keys.BATCH_STREAM, keys.BATCH_GROUP, worker, entry_id)
+
+    async def depth(self) -> tuple[int, int]:
+        """Units (waiting, pending) on the work stream."""
+        return await self.store.xdepth(keys.BATCH_STREAM, keys.BATCH_GROUP)
+
     async def queue_once(
-        self, job_id: str, phase: str, units: list[Unit], owner: str, ttl_s: float
+        self,
+        job_id: str,
+        phase: str,
+        units: list[Unit],
+        owner: str,
+        ttl_s: float,
+        on_locked: OnLocked | None = None,
     ) -> bool:
         """Queue a phase's units exactly once per job, even when workers race or die.
 
-        The lock expires if its holder dies before queueing; the flag is set only after
-        the units are on the stream (a crash in between queues them twice: harmless).
+        The lock expires if its holder dies before queueing (the sweeper then queues the
+        phase); the flag is set only after the units are on the stream (a crash in between
+        queues them twice: harmless).
         """
         flag = keys.batch_flag(job_id, f"{phase}-queued")
         if await self.store.get(flag) is not None:
@@ -81,6 +115,8 @@ class BatchWork:
         lock = keys.batch_flag(job_id, f"{phase}-lock")
         if not await self.store.set_if_absent(lock, owner, ttl_s=ttl_s):
             return False
+        if on_locked is not None:
+            on_locked()
         await self.enqueue(units)
         await self.store.set(flag, str(len(units)))
         return True
@@ -113,30 +149,41 @@ class BatchWork:
         """Mark a line as routed or finished with an error (the route phase is done with it)."""
         await self.store.hsetnx(keys.batch_settled(job_id), str(index), "1")
 
-    async def queue_runs_when_routed(self, job_id: str, owner: str, ttl_s: float) -> int | None:
+    async def queue_runs_when_routed(
+        self, job_id: str, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+    ) -> int | None:
         """Once every line is settled, queue the run units: lines grouped by expert, the
-        largest group first, so each expert is visited once per job. Returns how many
-        units this call queued (None when it was not the one to queue them)."""
+        largest group first, so each expert is visited once per job. Returns how many expert
+        groups this call queued (None when it was not the one to queue them)."""
         total = await self._total(job_id)
         if await self.store.hlen(keys.batch_settled(job_id)) < total:
             return None
         routes = await self.store.hgetall(keys.batch_routes(job_id))
+        units, groups = self._run_units(job_id, routes)
+        if not await self.queue_once(job_id, "runs", units, owner, ttl_s, on_locked):
+            return None
+        log.info("batch %s routed: %d run units over %d experts", job_id, len(units), groups)
+        # run units may all have finished before the flag above was set: none of them could
+        # queue the aggregates then
+        await self.queue_aggregates_when_run(job_id, owner, ttl_s, on_locked)
+        return groups
+
+    def _run_units(
+        self, job_id: str, routes: dict[str, str], only: set[int] | None = None
+    ) -> tuple[list[Unit], int]:
+        """Run units for the routed lines (or those in `only`), and how many expert groups."""
         groups: dict[str, list[int]] = {}
         for index, raw in routes.items():
-            for expert in _chosen(json.loads(raw)):
-                groups.setdefault(expert, []).append(int(index))
+            if only is None or int(index) in only:
+                for expert in _chosen(json.loads(raw)):
+                    groups.setdefault(expert, []).append(int(index))
         units = []
         for expert, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
             items.sort()
             for start in range(0, len(items), self.chunk):
                 chunk = tuple(items[start : start + self.chunk])
                 units.append(Unit(job_id, "run", expert=expert, items=chunk))
-        if await self.queue_once(job_id, "runs", units, owner, ttl_s):
-            log.info(
-                "batch %s routed: %d run units over %d experts", job_id, len(units), len(groups)
-            )
-            return len(units)
-        return None
+        return units, len(groups)
 
     # -- phase 2: run, expert by expert ---------------------------------------------------
     async def to_run(self, unit: Unit) -> list[Line]:
@@ -150,23 +197,38 @@ class BatchWork:
         """One expert's answer to a k > 1 line, kept for the aggregate phase."""
         await self.store.hsetnx(keys.batch_answers(job_id, index), expert, json.dumps(record))
 
-    async def run_done(self, unit: Unit, owner: str, ttl_s: float) -> None:
+    async def run_done(
+        self, unit: Unit, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+    ) -> None:
         """Record a finished run unit; the last one queues the aggregate units."""
         await self.store.hsetnx(keys.batch_runs_done(unit.job_id), unit.key, "1")
-        queued = await self.store.get(keys.batch_flag(unit.job_id, "runs-queued"))
-        done = await self.store.hlen(keys.batch_runs_done(unit.job_id))
+        await self.queue_aggregates_when_run(unit.job_id, owner, ttl_s, on_locked)
+
+    async def queue_aggregates_when_run(
+        self, job_id: str, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+    ) -> bool:
+        """Once every run unit is done, queue the aggregate units (if any line fans out)."""
+        queued = await self.store.get(keys.batch_flag(job_id, "runs-queued"))
+        done = await self.store.hlen(keys.batch_runs_done(job_id))
         if queued is None or done < int(queued):
-            return
-        routes = await self.store.hgetall(keys.batch_routes(unit.job_id))
+            return False
+        units = self._aggregate_units(job_id, await self._fanned_open(job_id))
+        if not units:
+            return False
+        return await self.queue_once(job_id, "aggregates", units, owner, ttl_s, on_locked)
+
+    async def _fanned_open(self, job_id: str) -> list[int]:
+        """Lines routed to k > 1 experts that have no result yet."""
+        routes = await self.store.hgetall(keys.batch_routes(job_id))
         fanned = sorted(int(i) for i, raw in routes.items() if len(_chosen(json.loads(raw))) > 1)
-        results = await self.store.hmget(keys.batch_results(unit.job_id), [str(i) for i in fanned])
-        todo = [i for i, r in zip(fanned, results, strict=True) if r is None]
-        units = [
-            Unit(unit.job_id, "aggregate", items=tuple(todo[s : s + self.chunk]))
+        results = await self.store.hmget(keys.batch_results(job_id), [str(i) for i in fanned])
+        return [i for i, r in zip(fanned, results, strict=True) if r is None]
+
+    def _aggregate_units(self, job_id: str, todo: list[int]) -> list[Unit]:
+        return [
+            Unit(job_id, "aggregate", items=tuple(todo[s : s + self.chunk]))
             for s in range(0, len(todo), self.chunk)
         ]
-        if units:
-            await self.queue_once(unit.job_id, "aggregates", units, owner, ttl_s)
 
     # -- phase 3: aggregate ---------------------------------------------------------------
     async def to_aggregate(self, unit: Unit) -> list[tuple[Line, dict[str, dict[str, Any]]]]:
@@ -186,6 +248,96 @@ class BatchWork:
         if wrote and failed:
             await self.store.hsetnx(keys.batch_failed(job_id), str(index), "1")
         return wrote
+
+    # -- units that fail ------------------------------------------------------------------
+    async def record_error(self, unit: Unit, error: str) -> None:
+        await self.store.hset(keys.batch_unit_errors(unit.job_id), {_unit_id(unit): error})
+
+    async def last_error(self, unit: Unit) -> str | None:
+        return await self.store.hget(keys.batch_unit_errors(unit.job_id), _unit_id(unit))
+
+    async def open_lines(self, unit: Unit) -> list[tuple[int, str]]:
+        """(index, custom_id) of the unit's lines with no result, read without trusting the
+        stored line (it may be what makes the unit fail)."""
+        indices = list(range(unit.start, unit.end)) if unit.phase == "route" else unit.items
+        fields = [str(i) for i in indices]
+        results = await self.store.hmget(keys.batch_results(unit.job_id), fields)
+        items = await self.store.hmget(keys.batch_items(unit.job_id), fields)
+        return [
+            (index, _custom_id(index, raw))
+            for index, result, raw in zip(indices, results, items, strict=True)
+            if result is None
+        ]
+
+    # -- the sweeper ------------------------------------------------------------------------
+    async def take_sweep(self, owner: str, every_s: float) -> bool:
+        """The lease to sweep: one worker per `every_s`; it lapses, so a dead sweeper is
+        replaced at the next turn."""
+        return await self.store.set_if_absent(keys.BATCH_SWEEP_LEASE, owner, ttl_s=every_s)
+
+    async def touch(self, job_id: str, ttl_s: float) -> None:
+        """A worker is working on the job: the sweeper leaves it alone for `ttl_s`."""
+        await self.store.set(keys.batch_alive(job_id), "1", ttl_s=ttl_s)
+
+    async def sweepable(self) -> list[str]:
+        """Jobs the workers drive that have no unit waiting or pending on the stream and
+        that no worker touched lately. Finished or vanished jobs leave the index."""
+        active = await self.store.hgetall(keys.BATCH_ACTIVE)
+        if not active:
+            return []
+        queued = {
+            f.get("job") for _, f in await self.store.xbacklog(keys.BATCH_STREAM, keys.BATCH_GROUP)
+        }
+        out = []
+        for job_id in sorted(active):
+            if job_id in queued:
+                continue
+            if await self._finished(job_id):
+                await self.store.hdel(keys.BATCH_ACTIVE, job_id)
+            elif await self.store.get(keys.batch_alive(job_id)) is None:
+                out.append(job_id)
+        return out
+
+    async def _finished(self, job_id: str) -> bool:
+        job = await self.store.hgetall(keys.batch_job(job_id))
+        if not job or job.get("status") in NOT_DRIVEN:
+            return True
+        return await self.store.hlen(keys.batch_results(job_id)) >= int(job["total"])
+
+    async def redrive(
+        self, job_id: str, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+    ) -> str:
+        """Queue what a job with no work on the stream still lacks: route units for its
+        unsettled lines; else its run units (once, through `queue_once`) or those not done;
+        else its aggregate units, and a run again for any line still without a result.
+        Units whose lines are already finished do nothing when they run. Says what it did."""
+        total = await self._total(job_id)
+        every = [str(i) for i in range(total)]
+        settled = await self.store.hmget(keys.batch_settled(job_id), every)
+        unsettled = [i for i, s in enumerate(settled) if s is None]
+        if unsettled:
+            units = [Unit(job_id, "route", a, b) for a, b in _ranges(unsettled, self.chunk)]
+            await self.enqueue(units)
+            return f"{len(units)} route units"
+        if await self.store.get(keys.batch_flag(job_id, "runs-queued")) is None:
+            groups = await self.queue_runs_when_routed(job_id, owner, ttl_s, on_locked)
+            return "" if groups is None else f"run units for {groups} experts"
+        routes = await self.store.hgetall(keys.batch_routes(job_id))
+        done = await self.store.hgetall(keys.batch_runs_done(job_id))
+        lost = [u for u in self._run_units(job_id, routes)[0] if u.key not in done]
+        if lost:
+            await self.enqueue(lost)
+            return f"{len(lost)} run units"
+        if await self.store.get(keys.batch_flag(job_id, "aggregates-queued")) is None:
+            if await self.queue_aggregates_when_run(job_id, owner, ttl_s, on_locked):
+                return "aggregate units"
+        fanned = await self._fanned_open(job_id)
+        results = await self.store.hmget(keys.batch_results(job_id), every)
+        single = {i for i, r in enumerate(results) if r is None and str(i) in routes}
+        single -= set(fanned)
+        units = self._aggregate_units(job_id, fanned) + self._run_units(job_id, routes, single)[0]
+        await self.enqueue(units)
+        return f"{len(units)} units for unanswered lines" if units else ""
 
     # -- helpers --------------------------------------------------------------------------
     async def _total(self, job_id: str) -> int:
@@ -218,3 +370,26 @@ def _line(index: int, raw: str, route: dict[str, Any] | None = None) -> Line:
 def _chosen(route: dict[str, Any]) -> list[str]:
     decision = route["decision"]
     return [c["expert"] for c in decision["candidates"][: int(decision["k"])]]
+
+
+def _unit_id(unit: Unit) -> str:
+    return f"{unit.phase}/{unit.key}"
+
+
+def _custom_id(index: int, raw: str | None) -> str:
+    try:
+        custom_id = json.loads(raw or "")["custom_id"]
+    except (ValueError, KeyError, TypeError):
+        return f"line-{index + 1}"
+    return str(custom_id)
+
+
+def _ranges(indices: list[int], size: int) -> list[tuple[int, int]]:
+    """Sorted indices as [start, end) ranges of consecutive lines, at most `size` long."""
+    out: list[tuple[int, int]] = []
+    for i in indices:
+        if out and out[-1][1] == i and i - out[-1][0] < size:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out

@@ -6,20 +6,30 @@
 3. aggregate (last): the k answers of each such line become one, as online.
 
 The worker only runs phases: answering is the engine's (`plan_many`, `answer_on`, `ask`,
-`combine`), the state is `BatchJobs`'. Units are acknowledged only after their writes; a unit
-whose worker died is reclaimed by another after `claim_idle_s`, and every write is
-set-if-absent, so a re-run never answers a line twice.
+`combine`), the state is `BatchWork`'s. Crash safety:
+
+- a unit is acknowledged only after its writes, and every write is set-if-absent: a unit
+  whose worker died is reclaimed by another after `claim_idle_s` and re-run harmlessly;
+- while a unit is processed a heartbeat keeps it claimed, so a live worker's long unit is
+  not re-run by another;
+- a unit that raises is logged, counted and left for redelivery; after `max_deliveries` its
+  open lines get `batch_unit_failed` results and the job goes on;
+- every `sweep_every_s` one worker (under a lease) queues again the work of jobs that have
+  none queued (`BatchWork.sweepable`, `redrive`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from coe.aggregation import ExpertAnswer
+from coe.batch.faults import Faults
 from coe.batch.units import Unit
 from coe.batch.wire import answer_body, result_line
 from coe.batch.work import BatchWork, Line
@@ -38,44 +48,171 @@ class BatchWorker:
         name: str | None = None,
         claim_idle_s: float = 30.0,
         metrics: Metrics | None = None,
+        *,
+        max_deliveries: int = 3,
+        sweep_every_s: float | None = None,
+        faults: Faults | None = None,
     ):
-        """`engine` is called per unit, so a config reload takes effect between units."""
+        """`engine` is called per unit, so a config reload takes effect between units.
+        `sweep_every_s` defaults to `claim_idle_s`; `faults` to `COE_BATCH_FAULT` (tests)."""
         self.jobs = jobs
         self.engine = engine
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_s = claim_idle_s
-        self.metrics = metrics
+        self.metrics = metrics or Metrics()
+        self.max_deliveries = max_deliveries
+        self.sweep_every_s = sweep_every_s or claim_idle_s
+        self.faults = faults or Faults.from_env()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
-        await self.jobs.ensure_group()
+        ready = False
+        next_sweep = 0.0
         backoff = 0.5
         while not stop.is_set():
             try:
+                if not ready:
+                    await self.jobs.ensure_group()
+                    ready = True
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_every_s
+                    await self.maintain()
                 for entry_id, unit in await self.jobs.claim(
                     self.name, int(self.claim_idle_s * 1000)
                 ):
-                    await self.process(unit)
-                    await self.jobs.ack(entry_id)
+                    await self.handle(entry_id, unit)
                 backoff = 0.5
             except StoreUnavailable as err:
                 log.warning(
                     "batch worker %s: %s; retrying in %.1f s", self.name, err.message, backoff
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 15.0)
+            except Exception:  # a bug in the worker's own bookkeeping must not stop it
+                log.exception("batch worker %s: unexpected error; retrying", self.name)
+                self.metrics.batch_unit_errors.labels("worker").inc()
+            else:
+                continue
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 15.0)
+
+    # -- one unit -------------------------------------------------------------------------
+    async def handle(self, entry_id: str, unit: Unit) -> None:
+        """Process a unit and acknowledge it; after `max_deliveries` failed tries (errors, or
+        workers that died on it), give it up instead."""
+        deliveries = max(await self.jobs.deliveries(entry_id), 1)
+        if deliveries > self.max_deliveries:  # the workers before died while on it
+            last = await self.jobs.last_error(unit)
+            await self.give_up(unit, deliveries - 1, last or "its worker stopped while on it")
+        else:
+            error = await self.attempt(entry_id, unit, deliveries)
+            if error is not None:
+                if deliveries < self.max_deliveries:
+                    return  # left pending: another delivery after `claim_idle_s`
+                await self.give_up(unit, deliveries, error)
+        await self.jobs.ack(entry_id)
+
+    async def attempt(self, entry_id: str, unit: Unit, delivery: int) -> str | None:
+        """Process the unit under a heartbeat; the error when it raised (None: done)."""
+        started = time.monotonic()
+        done = asyncio.Event()
+        beat = asyncio.create_task(self._heartbeat(entry_id, unit.job_id, done))
+        try:
+            await self.process(unit)
+        except StoreUnavailable:
+            raise
+        except Exception as err:  # one bad unit must not stop the worker: retried, then given up
+            reason = f"{type(err).__name__}: {err}"
+            log.exception(
+                "batch %s %s failed (delivery %d of %d)",
+                unit.job_id,
+                unit.label,
+                delivery,
+                self.max_deliveries,
+            )
+            self.metrics.batch_unit_errors.labels(unit.phase).inc()
+            await self.jobs.record_error(unit, reason)
+            return reason
+        finally:
+            done.set()
+            await beat
+        self.metrics.batch_unit_seconds.labels(unit.phase).observe(time.monotonic() - started)
+        return None
+
+    async def _heartbeat(self, entry_id: str, job_id: str, done: asyncio.Event) -> None:
+        """Keep the unit claimed (and its job marked alive) until `done`. It is stopped by
+        the event, not cancelled: a store call cut off midway could swallow the cancel."""
+        while True:
+            try:
+                if not await self.jobs.extend(self.name, entry_id):
+                    log.warning("batch unit %s was taken over by another worker", entry_id)
+                    return
+                await self.jobs.touch(job_id, self.claim_idle_s)
+            except StoreUnavailable as err:
+                log.warning("batch unit %s heartbeat: %s", entry_id, err.message)
+            if await _set_within(done, self.claim_idle_s / 3):
+                return
+
+    async def give_up(self, unit: Unit, times: int, reason: str) -> None:
+        """Answer the unit's open lines with `batch_unit_failed`, then move the job on."""
+        if await self.jobs.stopped(unit.job_id):
+            return
+        message = f"batch {unit.label} failed {times} times: {reason}"
+        log.error("batch %s: %s; its lines are answered with the error", unit.job_id, message)
+        self.metrics.batch_units_given_up.labels(unit.phase).inc()
+        error = ("batch_unit_failed", message)
+        for index, custom_id in await self.jobs.open_lines(unit):
+            line = result_line(unit.job_id, index, custom_id, status_code=500, error=error)
+            if await self.jobs.write_result(unit.job_id, index, line, failed=True):
+                self.metrics.batch_items.labels("failed").inc()
+            if unit.phase == "route":
+                await self.jobs.settle(unit.job_id, index)
+        await self.next_phase(unit)
 
     async def process(self, unit: Unit) -> None:
-        if await self.jobs.is_cancelled(unit.job_id):
+        if await self.jobs.stopped(unit.job_id):
             return
         if unit.phase == "route":
             await self.route(unit)
-            await self.jobs.queue_runs_when_routed(unit.job_id, self.name, self.claim_idle_s)
         elif unit.phase == "run":
             await self.run_expert(unit)
-            await self.jobs.run_done(unit, self.name, self.claim_idle_s)
         else:
             await self.aggregate(unit)
+        await self.next_phase(unit)
+
+    async def next_phase(self, unit: Unit) -> None:
+        """Queue what follows the unit's phase once every unit of it is done."""
+        if unit.phase == "route":
+            groups = await self.jobs.queue_runs_when_routed(
+                unit.job_id, self.name, self.claim_idle_s, self._locked
+            )
+            if groups is not None:
+                self.metrics.batch_expert_groups.observe(groups)
+        elif unit.phase == "run":
+            await self.jobs.run_done(unit, self.name, self.claim_idle_s, self._locked)
+
+    def _locked(self) -> None:
+        self.faults.hit("queue:locked")
+
+    # -- the sweeper ----------------------------------------------------------------------
+    async def maintain(self) -> None:
+        """Publish the stream's depth; sweep when this worker holds the lease."""
+        waiting, pending = await self.jobs.depth()
+        self.metrics.batch_queue_depth.labels("waiting").set(waiting)
+        self.metrics.batch_queue_depth.labels("pending").set(pending)
+        if await self.jobs.take_sweep(self.name, self.sweep_every_s):
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        for job_id in await self.jobs.sweepable():
+            try:
+                what = await self.jobs.redrive(job_id, self.name, self.claim_idle_s, self._locked)
+            except StoreUnavailable:
+                raise
+            except Exception:  # one broken job must not keep the others from being swept
+                log.exception("batch %s: the sweeper could not queue its work", job_id)
+                continue
+            if what:
+                log.warning("batch %s had no work queued; the sweeper queued %s", job_id, what)
+                self.metrics.batch_requeued.inc()
 
     # -- phase 1 ------------------------------------------------------------------------
     async def route(self, unit: Unit) -> None:
@@ -87,6 +224,7 @@ class BatchWorker:
                 await self.jobs.settle(unit.job_id, line.index)
             else:
                 await self.jobs.save_route(unit.job_id, line.index, plan.to_dict())
+                self.faults.hit("route:saved")
 
     # -- phase 2 ------------------------------------------------------------------------
     async def run_expert(self, unit: Unit) -> None:
@@ -99,6 +237,7 @@ class BatchWorker:
                 if await self.jobs.has_part(unit.job_id, line.index, unit.expert):
                     return
                 part = await engine.ask(unit.expert, line.body, sender=self.name)
+                self.faults.hit("run:answered")
                 await self.jobs.save_part(unit.job_id, line.index, unit.expert, part.to_record())
                 return
             try:
@@ -106,6 +245,7 @@ class BatchWorker:
             except CoeError as err:
                 await self._fail(unit.job_id, line, err)
             else:
+                self.faults.hit("run:answered")
                 await self._succeed(unit.job_id, line, plan, answer)
 
         await asyncio.gather(*(one(line) for line in await self.jobs.to_run(unit)))
@@ -125,6 +265,7 @@ class BatchWorker:
             except CoeError as err:
                 await self._fail(unit.job_id, line, err)
             else:
+                self.faults.hit("aggregate:answered")
                 await self._succeed(unit.job_id, line, plan, answer)
 
     # -- results ------------------------------------------------------------------------
@@ -132,7 +273,7 @@ class BatchWorker:
         body = answer_body(plan.decision, answer, worker=self.name)
         result = result_line(job_id, line.index, line.custom_id, body=body)
         if await self.jobs.write_result(job_id, line.index, result, failed=False):
-            self._count("completed")
+            self.metrics.batch_items.labels("completed").inc()
 
     async def _fail(self, job_id: str, line: Line, err: CoeError) -> None:
         error = (err.code or err.error_type, err.message)
@@ -140,8 +281,13 @@ class BatchWorker:
             job_id, line.index, line.custom_id, status_code=err.status_code, error=error
         )
         if await self.jobs.write_result(job_id, line.index, result, failed=True):
-            self._count("failed")
+            self.metrics.batch_items.labels("failed").inc()
 
-    def _count(self, status: str) -> None:
-        if self.metrics is not None:
-            self.metrics.batch_items.labels(status).inc()
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait at most `timeout_s` for `event`; whether it is set."""
+    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()

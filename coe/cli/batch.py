@@ -45,12 +45,22 @@ def batch_group() -> None:
 
 @batch_group.command("submit")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--metadata", "-m", multiple=True, help="KEY=VALUE kept with the batch")
 @url_option
 @key_option
-def submit(file: Path, url: str, api_key: str | None) -> None:
-    """Upload FILE to the gateway; prints the job."""
+def submit(file: Path, metadata: tuple[str, ...], url: str, api_key: str | None) -> None:
+    """Upload FILE (POST /v1/files) and create a batch over it; prints the batch."""
+    meta = dict(pair.partition("=")[::2] for pair in metadata) or None
     with _client(url, api_key) as c, file.open("rb") as fh:
-        job = _check(c.post("/v1/batches", files={"file": (file.name, fh, "application/jsonl")}))
+        upload = {"file": (file.name, fh, "application/jsonl")}
+        uploaded = _check(c.post("/v1/files", files=upload, data={"purpose": "batch"}))
+        params = {
+            "input_file_id": uploaded["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": meta,
+        }
+        job = _check(c.post("/v1/batches", json=params))
     click.echo(json.dumps(job, indent=2))
 
 
@@ -72,22 +82,62 @@ def cancel(batch_id: str, url: str, api_key: str | None) -> None:
         click.echo(json.dumps(_check(c.post(f"/v1/batches/{batch_id}/cancel")), indent=2))
 
 
+FINISHED = ("completed", "expired", "cancelled")
+
+
 @batch_group.command("results")
 @click.argument("batch_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--errors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="where failed lines go (default: OUTPUT with .errors.jsonl; stdout without -o)",
+)
 @url_option
 @key_option
-def results(batch_id: str, output: Path | None, url: str, api_key: str | None) -> None:
-    """Write the job's result lines (JSONL) to OUTPUT or stdout."""
+def results(
+    batch_id: str, output: Path | None, errors: Path | None, url: str, api_key: str | None
+) -> None:
+    """Write a finished batch's output file to OUTPUT (or stdout) and its error file beside."""
     with _client(url, api_key) as c:
-        r = c.get(f"/v1/batches/{batch_id}/results")
-        if r.status_code >= 400:
-            _check(r)
-        if output:
-            output.write_text(r.text)
-            click.echo(f"{len(r.text.splitlines())} results written to {output}", err=True)
-        else:
-            sys.stdout.write(r.text)
+        job = _check(c.get(f"/v1/batches/{batch_id}"))
+        if job["status"] == "failed":
+            problems = "; ".join(e["message"] for e in job["errors"]["data"])
+            raise click.ClickException(f"batch {batch_id} failed: {problems}")
+        if job["status"] not in FINISHED:
+            counts = job["request_counts"]
+            raise click.ClickException(
+                f"batch {batch_id} is {job['status']} "
+                f"({counts['completed'] + counts['failed']}/{counts['total']} lines answered); "
+                "its files are written once it is completed, expired or cancelled"
+            )
+        texts = {}
+        for field in ("output_file_id", "error_file_id"):
+            file_id = job[field]
+            if file_id:
+                r = c.get(f"/v1/files/{file_id}/content")
+                _check_status(r)
+                texts[field] = r.text
+            else:
+                texts[field] = ""
+    if output is None and errors is None:
+        sys.stdout.write(texts["output_file_id"] + texts["error_file_id"])
+        return
+    if output is not None:
+        output.write_text(texts["output_file_id"])
+        errors = errors or output.with_suffix(".errors.jsonl")
+    if errors is not None and texts["error_file_id"]:
+        errors.write_text(texts["error_file_id"])
+    counts = job["request_counts"]
+    click.echo(
+        f"{counts['completed']} answers to {output}, {counts['failed']} errors to {errors}",
+        err=True,
+    )
+
+
+def _check_status(r: httpx.Response) -> None:
+    if r.status_code >= 400:
+        _check(r)
 
 
 @batch_group.command("run")
@@ -106,40 +156,40 @@ def run(file: Path, output: Path, config: str | None, workers: int) -> None:
 
 
 async def _run_local(settings: Settings, file: Path, output: Path, workers: int) -> dict[str, int]:
-    from coe.batch import BatchWorker, parse_batch_file
-    from coe.runtime import build_runtime
+    from coe.batch import decode_upload
+    from coe.runtime import batch_worker, build_runtime
 
     runtime = await build_runtime(settings, serve_admin=False)
+    jobs = runtime.batch_jobs
     try:
         content = await asyncio.to_thread(file.read_bytes)
-        lines = parse_batch_file(content, settings.batch_max_bytes, settings.batch_max_lines)
-        job = await runtime.batch_jobs.create(lines, source=file.name)
+        text = await asyncio.to_thread(
+            decode_upload, content, settings.batch_max_bytes, settings.batch_max_lines
+        )
+        uploaded = await jobs.files.create(text, len(content), file.name)
+        job = await jobs.create(uploaded["id"])
+        if job["status"] == "failed":
+            raise click.ClickException(job["errors"]["data"][0]["message"])
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(
-                BatchWorker(runtime.batch_jobs.work, lambda: runtime.engine, name=f"local-{i}").run(
-                    stop
-                )
-            )
+            asyncio.create_task(batch_worker(runtime, f"local-{i}").run(stop))
             for i in range(workers)
         ]
         total = job["request_counts"]["total"]
         with click.progressbar(length=total, label=f"{file.name}", file=sys.stderr) as bar:
             done = 0
-            while done < total:
+            while job["status"] not in FINISHED:
                 await asyncio.sleep(0.2)
-                counts = (await runtime.batch_jobs.status(job["id"]))["request_counts"]
+                job = await jobs.retrieve(job["id"])
+                counts = job["request_counts"]
                 now = counts["completed"] + counts["failed"]
                 bar.update(now - done)
                 done = now
         stop.set()
         await asyncio.gather(*tasks)
-        out_lines = [
-            json.dumps(line, ensure_ascii=False)
-            async for line in runtime.batch_jobs.results(job["id"])
-        ]
+        out_lines = [json.dumps(line, ensure_ascii=False) async for line in jobs.results(job["id"])]
         await asyncio.to_thread(output.write_text, "\n".join(out_lines) + "\n")
-        final: dict[str, int] = (await runtime.batch_jobs.status(job["id"]))["request_counts"]
+        final: dict[str, int] = job["request_counts"]
         return final
     finally:
         await runtime.close()
@@ -184,8 +234,7 @@ def worker_command(
 async def _work(
     settings: Settings, name: str | None, concurrency: int, metrics_port: int | None
 ) -> None:
-    from coe.batch import BatchWorker
-    from coe.runtime import build_runtime
+    from coe.runtime import batch_worker, build_runtime
 
     runtime = await build_runtime(settings, serve_admin=False)
     if metrics_port is not None:
@@ -198,13 +247,7 @@ async def _work(
     try:
         await asyncio.gather(
             *(
-                BatchWorker(
-                    runtime.batch_jobs.work,
-                    lambda: runtime.engine,
-                    name=base if concurrency == 1 else f"{base}-{i}",
-                    claim_idle_s=settings.batch_claim_idle_s,
-                    metrics=runtime.metrics,
-                ).run(stop)
+                batch_worker(runtime, base if concurrency == 1 else f"{base}-{i}").run(stop)
                 for i in range(concurrency)
             )
         )

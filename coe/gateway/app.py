@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Response
 from coe import __version__
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
-from coe.gateway import admin_api, batch_api, chat_api, models_api, route_api
+from coe.gateway import admin_api, batch_api, chat_api, files_api, models_api, route_api
 from coe.gateway.auth import client_key
 from coe.gateway.deps import RuntimeDep
 from coe.gateway.errors import install_error_handlers
@@ -58,7 +58,8 @@ def create_app(
     app.include_router(chat_api.router, dependencies=keyed)
     app.include_router(models_api.router, dependencies=keyed)
     app.include_router(route_api.router, dependencies=keyed)
-    app.include_router(batch_api.router, dependencies=keyed)
+    app.include_router(files_api.router)  # these two check keys per call (files_api.caller)
+    app.include_router(batch_api.router)
     app.include_router(admin_api.router)
 
     @app.get("/health")

@@ -44,7 +44,8 @@ class RequestContext:
 
     def limit_for(self, path: str) -> int:
         """Batch uploads may be larger than chat requests."""
-        return self.upload_max_bytes if path.startswith("/v1/batches") else self.max_body_bytes
+        uploads = path.startswith(("/v1/batches", "/v1/files"))
+        return self.upload_max_bytes if uploads else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from coe.pool.metrics import PoolMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+UNIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+GROUP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
 class Metrics:
@@ -58,6 +60,43 @@ class Metrics:
             "coe_batch_items",
             "Batch lines answered by this process's workers",
             ["status"],
+            registry=r,
+        )
+        self.batch_unit_seconds = Histogram(
+            "coe_batch_unit_seconds",
+            "Time to process one batch work unit, by phase (route, run, aggregate)",
+            ["phase"],
+            buckets=UNIT_BUCKETS,
+            registry=r,
+        )
+        self.batch_unit_errors = Counter(
+            "coe_batch_unit_errors",
+            "Batch units whose processing raised; each is retried until it is given up",
+            ["phase"],
+            registry=r,
+        )
+        self.batch_units_given_up = Counter(
+            "coe_batch_units_given_up",
+            "Batch units given up after too many deliveries (their lines: batch_unit_failed)",
+            ["phase"],
+            registry=r,
+        )
+        self.batch_expert_groups = Histogram(
+            "coe_batch_expert_groups",
+            "Expert groups planned per job when its run units are queued: the model loads "
+            "the job needs when its experts share a device",
+            buckets=GROUP_BUCKETS,
+            registry=r,
+        )
+        self.batch_queue_depth = Gauge(
+            "coe_batch_queue_depth",
+            "Units on the batch work stream: waiting for a worker, or pending (being worked)",
+            ["state"],
+            registry=r,
+        )
+        self.batch_requeued = Counter(
+            "coe_batch_sweeper_requeued",
+            "Jobs found with no work queued whose missing work the sweeper queued again",
             registry=r,
         )
         self.registry_version = Gauge(

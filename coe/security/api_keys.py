@@ -109,3 +109,35 @@ class ApiKeyStore:
                 f"{record.name!r}; retry in {retry} s",
                 retry_after_s=retry,
             )
+
+    async def spend(self, record: ApiKey, amount: int, what: str, counted: int = 0) -> None:
+        """Charge `amount` requests at once (`what`, e.g. a batch's lines; `counted` of them
+        already charged): refused whole, with nothing spent, when they do not fit this
+        minute's budget; refused outright when they exceed the whole per-minute limit."""
+        if amount > record.rate_limit_rpm:
+            raise RateLimited(
+                f"{what} counts as {amount} requests, more than the limit of "
+                f"{record.rate_limit_rpm} requests per minute of key {record.name!r}; "
+                "split it into smaller batches or raise the key's limit",
+                retry_after_s=60,
+            )
+        extra = amount - counted
+        if extra <= 0:
+            return
+        key = keys.rate_limit(record.id, int(time.time() // 60))
+        try:
+            used = await self.store.incr(key, extra, ttl_s=61)
+            if used <= record.rate_limit_rpm:
+                return
+            await self.store.incr(key, -extra)
+        except StoreUnavailable as err:
+            log.warning("store unavailable; not rate limiting key %s: %s", record.id, err.message)
+            return
+        retry = 60 - int(time.time()) % 60
+        raise RateLimited(
+            f"Rate limit of {record.rate_limit_rpm} requests per minute reached for key "
+            f"{record.name!r}: {what} counts as {amount} requests and "
+            f"the key has {max(record.rate_limit_rpm - (used - extra), 0)} left this minute; "
+            f"retry in {retry} s",
+            retry_after_s=retry,
+        )

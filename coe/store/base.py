@@ -28,6 +28,10 @@ class Store(ABC):
     async def delete(self, *keys: str) -> int: ...
 
     @abstractmethod
+    async def expire(self, key: str, ttl_s: float) -> bool:
+        """Make an existing key expire in `ttl_s`; False when there is no such key."""
+
+    @abstractmethod
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         """Add to an integer counter; `ttl_s` is applied when the counter is created."""
 
@@ -89,6 +93,25 @@ class Store(ABC):
 
     @abstractmethod
     async def xack(self, stream: str, group: str, *ids: str) -> int: ...
+
+    @abstractmethod
+    async def xdeliveries(self, stream: str, group: str, entry_id: str) -> int:
+        """How many times the group delivered this pending entry (0 when it is not pending)."""
+
+    @abstractmethod
+    async def xextend(self, stream: str, group: str, consumer: str, entry_id: str) -> bool:
+        """Reset the idle time of an entry `consumer` holds, without counting a delivery
+        (XCLAIM JUSTID); False when the entry is no longer pending for `consumer`."""
+
+    @abstractmethod
+    async def xbacklog(self, stream: str, group: str) -> list[StreamEntry]:
+        """Entries the group has not acknowledged: those waiting for delivery, then those
+        pending (delivered, not yet acknowledged)."""
+
+    @abstractmethod
+    async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
+        """(waiting, pending): entries not yet delivered to the group, and delivered but not
+        acknowledged."""
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -55,6 +55,12 @@ class EmbeddedStore(Store):
             self._expiry.pop(key, None)
         return n
 
+    async def expire(self, key: str, ttl_s: float) -> bool:
+        if not self._live(key):
+            return False
+        self._expire(key, ttl_s)
+        return True
+
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         created = not self._live(key)
         value = int(self._data.get(key, "0")) + amount
@@ -163,14 +169,54 @@ class EmbeddedStore(Store):
         pending = self._stream(stream).group(group).pending
         return sum(1 for i in ids if pending.pop(i, None) is not None)
 
+    async def xdeliveries(self, stream: str, group: str, entry_id: str) -> int:
+        held = self._stream(stream).group(group).pending.get(entry_id)
+        return held.deliveries if held is not None else 0
+
+    async def xextend(self, stream: str, group: str, consumer: str, entry_id: str) -> bool:
+        pending = self._stream(stream).group(group).pending
+        held = pending.get(entry_id)
+        if held is None or held.consumer != consumer:
+            return False
+        pending[entry_id] = _Pending(consumer, time.monotonic(), held.deliveries)
+        return True
+
+    async def xbacklog(self, stream: str, group: str) -> list[StreamEntry]:
+        s = self._stream(stream)
+        g = s.groups.get(group)
+        if g is None:
+            return []
+        waiting = s.entries[g.next_index :]
+        held = [(i, s.by_id[i]) for i in sorted(g.pending, key=_id_order)]
+        return [(i, dict(f)) for i, f in waiting + held]
+
+    async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
+        s = self._stream(stream)
+        g = s.groups.get(group)
+        if g is None:
+            return 0, 0
+        return len(s.entries) - g.next_index, len(g.pending)
+
     async def close(self) -> None:
         self._subscribers.clear()
+
+
+@dataclass(frozen=True)
+class _Pending:
+    consumer: str
+    at: float  # when last delivered or extended (monotonic)
+    deliveries: int
 
 
 @dataclass
 class _Group:
     next_index: int = 0
-    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (consumer, at)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
 
 
 class _Stream:
@@ -207,17 +253,17 @@ class _Stream:
         g.next_index += len(out)
         now = time.monotonic()
         for entry_id, _ in out:
-            g.pending[entry_id] = (consumer, now)
+            g.pending[entry_id] = _Pending(consumer, now, 1)
         return [(i, dict(f)) for i, f in out]
 
     def claim(self, group: str, consumer: str, min_idle_s: float, count: int) -> list[StreamEntry]:
         g = self.group(group)
         now = time.monotonic()
         out: list[StreamEntry] = []
-        for entry_id, (_, at) in list(g.pending.items()):
+        for entry_id, held in list(g.pending.items()):
             if len(out) >= count:
                 break
-            if now - at >= min_idle_s:
-                g.pending[entry_id] = (consumer, now)
+            if now - held.at >= min_idle_s:
+                g.pending[entry_id] = _Pending(consumer, now, held.deliveries + 1)
                 out.append((entry_id, dict(self.by_id[entry_id])))
         return out

@@ -10,7 +10,6 @@ CONFIG_RELOAD_CHANNEL = "config:reload"  # pub/sub: every replica re-reads its e
 
 BATCH_STREAM = "batch:work"  # stream of work units; consumer group BATCH_GROUP
 BATCH_GROUP = "workers"
-BATCH_JOBS = "batch:jobs"  # hash: job id -> created timestamp (listing)
 
 
 def batch_job(job_id: str) -> str:
@@ -63,3 +62,33 @@ def artefact(router: str, name: str) -> str:
 
 def rate_limit(key_id: str, window: int) -> str:
     return f"ratelimit:{key_id}:{window}"
+
+
+# -- OpenAI files and batch listing (/v1/files, /v1/batches) -------------------------------
+FILES = "files"  # hash: file id -> JSON {"t": created ns, "owner", "purpose"} (listing)
+BATCH_LISTING = "batch:listing"  # hash: batch id -> JSON {"t": created ns, "owner"} (listing)
+
+
+def file_meta(file_id: str) -> str:
+    return f"file:{file_id}"  # hash: FileObject fields, owner; `job`/`kind` for batch outputs
+
+
+def file_content(file_id: str) -> str:
+    return f"file:{file_id}:content"  # hash: part number -> text (uploads, stored in parts)
+
+
+def batch_keys_prefix(job_id: str) -> str:
+    return f"batch:{job_id}:"  # every per-job key but batch_job(job_id) starts with this
+
+
+# -- batch crash safety: the sweeper's lease and index, per-job liveness and unit errors ----
+BATCH_SWEEP_LEASE = "batch:sweep-lease"  # string: the worker sweeping now (expires)
+BATCH_ACTIVE = "batch:active"  # hash: job id -> "1" while its work is on the stream
+
+
+def batch_alive(job_id: str) -> str:
+    return f"batch:{job_id}:alive"  # string: a worker touched the job lately (expires)
+
+
+def batch_unit_errors(job_id: str) -> str:
+    return f"batch:{job_id}:unit-errors"  # hash: phase/unit key -> the last error processing it

@@ -11,11 +11,22 @@ from redis.exceptions import RedisError, ResponseError
 from coe.errors import StoreUnavailable
 from coe.store.base import Store, StreamEntry
 
+# XCLAIM JUSTID resets an entry's idle time without counting a delivery; checking the owner
+# in the same script keeps a worker from taking back a unit another worker has reclaimed.
+_EXTEND = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+_PAGE = 1000
+
 
 class RedisStore(Store):
     def __init__(self, client: aioredis.Redis, prefix: str = "coe:"):
         self.client = client
         self.prefix = prefix
+        self._extend = client.register_script(_EXTEND)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "coe:") -> RedisStore:
@@ -48,6 +59,9 @@ class RedisStore(Store):
         if not keys:
             return 0
         return int(await self._run(self.client.delete(*(self._k(k) for k in keys))))
+
+    async def expire(self, key: str, ttl_s: float) -> bool:
+        return bool(await self._run(self.client.pexpire(self._k(key), int(ttl_s * 1000))))
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         k = self._k(key)
@@ -159,6 +173,69 @@ class RedisStore(Store):
         if not ids:
             return 0
         return int(await self._run(self.client.xack(self._k(stream), group, *ids)))
+
+    async def xdeliveries(self, stream: str, group: str, entry_id: str) -> int:
+        reply = await self._run(
+            self.client.xpending_range(self._k(stream), group, entry_id, entry_id, count=1)
+        )
+        return int(reply[0]["times_delivered"]) if reply else 0
+
+    async def xextend(self, stream: str, group: str, consumer: str, entry_id: str) -> bool:
+        args = [group, consumer, entry_id]
+        return bool(await self._run(self._extend(keys=[self._k(stream)], args=args)))
+
+    async def _group_info(self, stream: str, group: str) -> dict[str, Any] | None:
+        try:
+            groups = await self.client.xinfo_groups(self._k(stream))
+        except ResponseError:  # no such stream
+            return None
+        except (RedisError, OSError) as err:
+            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+        return next((g for g in groups if g["name"] == group), None)
+
+    async def _after(self, stream: str, last_id: str) -> list[StreamEntry]:
+        """Every entry after `last_id`, a page at a time."""
+        out: list[StreamEntry] = []
+        while True:
+            page = await self._run(
+                self.client.xrange(self._k(stream), min=f"({last_id}", max="+", count=_PAGE)
+            )
+            out += [(str(i), dict(f)) for i, f in page]
+            if len(page) < _PAGE:
+                return out
+            last_id = str(page[-1][0])
+
+    async def xbacklog(self, stream: str, group: str) -> list[StreamEntry]:
+        info = await self._group_info(stream, group)
+        if info is None:
+            return []
+        # Waiting entries are read first: one delivered meanwhile is then still pending below.
+        waiting = await self._after(stream, str(info["last-delivered-id"]))
+        pending: list[str] = []
+        start = "-"
+        while True:
+            page = await self._run(
+                self.client.xpending_range(self._k(stream), group, start, "+", count=_PAGE)
+            )
+            pending += [str(p["message_id"]) for p in page]
+            if len(page) < _PAGE:
+                break
+            start = f"({pending[-1]}"
+        async with self.client.pipeline(transaction=False) as pipe:
+            for entry_id in pending:
+                pipe.xrange(self._k(stream), min=entry_id, max=entry_id, count=1)
+            replies = await self._run(pipe.execute()) if pending else []
+        held = [(str(i), dict(f)) for reply in replies for i, f in reply]  # deleted: skipped
+        return waiting + held
+
+    async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
+        info = await self._group_info(stream, group)
+        if info is None:
+            return 0, 0
+        lag = info.get("lag")
+        if lag is None:  # Redis cannot tell after deletions: count them
+            lag = len(await self._after(stream, str(info["last-delivered-id"])))
+        return int(lag), int(info["pending"])
 
     async def close(self) -> None:
         await self.client.aclose()

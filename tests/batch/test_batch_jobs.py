@@ -163,7 +163,7 @@ def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     job = deploy.wait(deploy.submit(content)["id"])
     results = deploy.results(job["id"])
     assert_exactly_once([r for r in results if r["custom_id"] != "q0"], 6)
-    by_line = {int(r["id"].rsplit("-", 1)[1]): r for r in results}
+    by_line = {int(r["id"].rsplit("_", 1)[1]): r for r in results}
     assert by_line[0]["response"]["status_code"] == 200
     assert "not valid JSON" in by_line[1]["error"]["message"]
     assert "missing body" in by_line[2]["error"]["message"]
@@ -229,12 +229,12 @@ def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
         assert time.monotonic() < deadline, "no line was answered within 60 s"
         time.sleep(0.05)
     r = deploy.http.post(f"/v1/batches/{job_id}/cancel")
-    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.status_code == 200 and r.json()["status"] == "cancelling"
     assert deploy.http.post(f"/v1/batches/{job_id}/cancel").status_code == 409
-    time.sleep(1.0)
+    assert deploy.wait(job_id)["status"] == "cancelled"
     results = deploy.results(job_id)
     assert_exactly_once(results, 40)
-    cancelled = [r for r in results if r["error"] and r["error"]["code"] == "cancelled"]
+    cancelled = [r for r in results if r["error"] and r["error"]["code"] == "batch_cancelled"]
     assert 0 < len(cancelled) < 40
 
 

@@ -83,6 +83,12 @@ def test_openai_endpoints_never_5xx(gateway_url: str) -> None:
         "GET /v1/batches/{batch_id}",
         "POST /v1/batches/{batch_id}/cancel",
         "GET /v1/batches/{batch_id}/results",
+        "GET /v1/batches",
+        "POST /v1/files",
+        "GET /v1/files",
+        "GET /v1/files/{file_id}",
+        "GET /v1/files/{file_id}/content",
+        "DELETE /v1/files/{file_id}",
     }
     for op in operations:
         sent = fuzz_operation(op, examples=int(os.environ.get("COE_FUZZ_EXAMPLES", "100")))

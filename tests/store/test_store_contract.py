@@ -158,3 +158,53 @@ async def test_blocking_read_wakes_on_add(store: Store) -> None:
     got = await store.xreadgroup("wake", "g", "c", count=1, block_ms=3000)
     await task
     assert [f for _, f in got] == [{"x": "1"}]
+
+
+async def test_expire(store: Store) -> None:
+    assert await store.expire("absent", 10) is False
+    await store.set("s", "v")
+    await store.hset("h", {"f": "1"})
+    assert await store.expire("s", 0.15) is True
+    assert await store.expire("h", 0.15) is True
+    await store.set("kept", "v")
+    await asyncio.sleep(0.3)
+    assert await store.get("s") is None
+    assert await store.hgetall("h") == {}
+    assert await store.get("kept") == "v"
+
+
+async def test_stream_deliveries_and_extend(store: Store) -> None:
+    await store.xgroup_create("jobs", "workers")
+    entry = await store.xadd("jobs", {"n": "0"})
+    assert await store.xdeliveries("jobs", "workers", entry) == 0  # not delivered yet
+    await store.xreadgroup("jobs", "workers", "w1", count=1, block_ms=10)
+    assert await store.xdeliveries("jobs", "workers", entry) == 1
+    # the owner keeps its entry from going idle; extending counts no delivery
+    await asyncio.sleep(0.15)
+    assert await store.xextend("jobs", "workers", "w1", entry) is True
+    assert await store.xautoclaim("jobs", "workers", "w2", min_idle_ms=100) == []
+    assert await store.xdeliveries("jobs", "workers", entry) == 1
+    # once idle, another consumer takes it: a second delivery, and the first owner lost it
+    await asyncio.sleep(0.15)
+    assert [f for _, f in await store.xautoclaim("jobs", "workers", "w2", min_idle_ms=100)] == [
+        {"n": "0"}
+    ]
+    assert await store.xdeliveries("jobs", "workers", entry) == 2
+    assert await store.xextend("jobs", "workers", "w1", entry) is False
+    assert await store.xextend("jobs", "workers", "w2", entry) is True
+    await store.xack("jobs", "workers", entry)
+    assert await store.xdeliveries("jobs", "workers", entry) == 0
+    assert await store.xextend("jobs", "workers", "w2", entry) is False
+
+
+async def test_stream_backlog_and_depth(store: Store) -> None:
+    assert await store.xbacklog("none", "workers") == []
+    assert await store.xdepth("none", "workers") == (0, 0)
+    await store.xgroup_create("jobs", "workers")
+    ids = [await store.xadd("jobs", {"n": str(i)}) for i in range(4)]
+    assert await store.xdepth("jobs", "workers") == (4, 0)
+    await store.xreadgroup("jobs", "workers", "w1", count=2, block_ms=10)
+    await store.xack("jobs", "workers", ids[0])
+    # waiting first (2, 3), then pending (1); the acknowledged entry is gone
+    assert [f["n"] for _, f in await store.xbacklog("jobs", "workers")] == ["2", "3", "1"]
+    assert await store.xdepth("jobs", "workers") == (2, 1)

@@ -1,0 +1,43 @@
+"""Crash points for the crash-safety tests: `COE_BATCH_FAULT=<point>:<n>` makes a worker
+exit at once (`os._exit(137)`, as under SIGKILL) the n-th time it passes `point`, or every
+time with `<point>:always`. Unset (always, outside tests) it costs one string comparison.
+
+Points: `route:saved` (a line's route stored, the unit not finished), `queue:locked` (a
+phase's queue lock taken, its units not yet queued), `run:answered` (an expert answered,
+the result not yet written), `aggregate:answered` (combined, not yet written).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+ENV = "COE_BATCH_FAULT"
+POINTS = ("route:saved", "queue:locked", "run:answered", "aggregate:answered")
+
+
+class Faults:
+    def __init__(self, spec: str | None = None):
+        self.point = ""
+        self.nth = 0  # 0: every time
+        if spec:
+            point, _, when = spec.rpartition(":")
+            if point not in POINTS or not (when == "always" or when.isdigit()):
+                raise ValueError(f"{ENV}={spec!r}: expected <point>:<n|always>, points {POINTS}")
+            self.point, self.nth = point, 0 if when == "always" else int(when)
+        self._seen = 0
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        return cls(os.environ.get(ENV))
+
+    def hit(self, point: str) -> None:
+        if point != self.point:
+            return
+        self._seen += 1
+        if self.nth in (0, self._seen):
+            log.error("%s=%s: exiting at %s (pass %d)", ENV, point, point, self._seen)
+            logging.shutdown()
+            os._exit(137)
