@@ -81,7 +81,9 @@ class BatchWork:
         return out
 
     async def ack(self, entry_id: str) -> None:
+        """Done with a unit: acknowledged, then deleted, so the stream holds only open work."""
         await self.store.xack(keys.BATCH_STREAM, keys.BATCH_GROUP, entry_id)
+        await self.store.xdel(keys.BATCH_STREAM, entry_id)
 
     async def deliveries(self, entry_id: str) -> int:
         return await self.store.xdeliveries(keys.BATCH_STREAM, keys.BATCH_GROUP, entry_id)

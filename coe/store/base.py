@@ -109,6 +109,14 @@ class Store(ABC):
         pending (delivered, not yet acknowledged)."""
 
     @abstractmethod
+    async def xdel(self, stream: str, *ids: str) -> int:
+        """Forget entries (acknowledged ones), so a stream holds only work still to do."""
+
+    @abstractmethod
+    async def xlen(self, stream: str) -> int:
+        """How many entries the stream holds."""
+
+    @abstractmethod
     async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
         """(waiting, pending): entries not yet delivered to the group, and delivered but not
         acknowledged."""

@@ -190,6 +190,13 @@ class EmbeddedStore(Store):
         held = [(i, s.by_id[i]) for i in sorted(g.pending, key=_id_order)]
         return [(i, dict(f)) for i, f in waiting + held]
 
+    async def xdel(self, stream: str, *ids: str) -> int:
+        return self._stream(stream).forget(ids)
+
+    async def xlen(self, stream: str) -> int:
+        s = self._stream(stream)
+        return len(s.entries) - len(s.forgotten)
+
     async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
         s = self._stream(stream)
         g = s.groups.get(group)
@@ -226,8 +233,22 @@ class _Stream:
         self.entries: list[StreamEntry] = []
         self.by_id: dict[str, dict[str, str]] = {}
         self.groups: dict[str, _Group] = {}
+        self.forgotten: set[str] = set()  # deleted, still in `entries` until they reach its front
         self._seq = 0
         self._added = asyncio.Event()
+
+    def forget(self, ids: tuple[str, ...]) -> int:
+        """XDEL: drop entries; the front of the list is compacted (group positions move with
+        it), entries further in go once everything before them has."""
+        known = [i for i in ids if i in self.by_id and i not in self.forgotten]
+        self.forgotten.update(known)
+        while self.entries and self.entries[0][0] in self.forgotten:
+            entry_id, _ = self.entries.pop(0)
+            self.forgotten.discard(entry_id)
+            del self.by_id[entry_id]
+            for g in self.groups.values():
+                g.next_index = max(0, g.next_index - 1)
+        return len(known)
 
     def add(self, fields: dict[str, str]) -> str:
         self._seq += 1

@@ -228,6 +228,14 @@ class RedisStore(Store):
         held = [(str(i), dict(f)) for reply in replies for i, f in reply]  # deleted: skipped
         return waiting + held
 
+    async def xdel(self, stream: str, *ids: str) -> int:
+        if not ids:
+            return 0
+        return int(await self._run(self.client.xdel(self._k(stream), *ids)))
+
+    async def xlen(self, stream: str) -> int:
+        return int(await self._run(self.client.xlen(self._k(stream))))
+
     async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
         info = await self._group_info(stream, group)
         if info is None:

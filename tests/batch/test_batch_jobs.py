@@ -16,11 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import yaml
 
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
+from coe.store import keys
 from coe.testing import FakeUpstream, Fault
 from tests.support.net import delete_prefix, free_port
 from tests.support.server import ServedApp
@@ -196,6 +198,16 @@ def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstrea
     for r in results:
         i = int(r["custom_id"][1:])
         assert r["response"]["body"]["coe"]["expert"] == f"e{i % 2}"
+    # finished units are deleted from the work stream: it does not grow job after job
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stream = deploy.prefix + keys.BATCH_STREAM
+        deadline = time.monotonic() + 10
+        while client.xlen(stream) and time.monotonic() < deadline:  # the last ack is racing
+            time.sleep(0.1)
+        assert client.xlen(stream) == 0
+    finally:
+        client.close()
 
 
 def test_sigkill_mid_job_loses_nothing(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:

@@ -208,3 +208,26 @@ async def test_stream_backlog_and_depth(store: Store) -> None:
     # waiting first (2, 3), then pending (1); the acknowledged entry is gone
     assert [f["n"] for _, f in await store.xbacklog("jobs", "workers")] == ["2", "3", "1"]
     assert await store.xdepth("jobs", "workers") == (2, 1)
+
+
+async def test_deleted_entries_leave_the_stream_and_delivery_goes_on(store: Store) -> None:
+    """Acknowledged work is deleted, so a stream holds only open work; deleting in any order
+    neither loses nor repeats the entries still to deliver."""
+    await store.xgroup_create("work", "g")
+    ids = [await store.xadd("work", {"n": str(i)}) for i in range(4)]
+    got = await store.xreadgroup("work", "g", "w", count=2, block_ms=10)
+    assert [f["n"] for _, f in got] == ["0", "1"]
+    await store.xack("work", "g", ids[1])
+    assert await store.xdel("work", ids[1]) == 1  # not the oldest: kept until the front goes
+    assert await store.xlen("work") == 3
+    await store.xack("work", "g", ids[0])
+    assert await store.xdel("work", ids[0], "0-999") == 1  # an unknown id deletes nothing
+    assert await store.xlen("work") == 2
+    rest = await store.xreadgroup("work", "g", "w", count=5, block_ms=10)
+    assert [f["n"] for _, f in rest] == ["2", "3"]
+    assert await store.xdepth("work", "g") == (0, 2)
+    await store.xack("work", "g", ids[2], ids[3])
+    await store.xdel("work", ids[3], ids[2])
+    assert await store.xlen("work") == 0 and await store.xdepth("work", "g") == (0, 0)
+    new = await store.xadd("work", {"n": "4"})
+    assert [i for i, _ in await store.xreadgroup("work", "g", "w", count=5, block_ms=10)] == [new]
