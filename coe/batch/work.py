@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coe.batch.units import Unit
+from coe.batch.wire import result_line
 from coe.errors import NotFound
 from coe.store import keys
 from coe.store.base import Store
@@ -258,18 +259,28 @@ class BatchWork:
     async def last_error(self, unit: Unit) -> str | None:
         return await self.store.hget(keys.batch_unit_errors(unit.job_id), _unit_id(unit))
 
-    async def open_lines(self, unit: Unit) -> list[tuple[int, str]]:
-        """(index, custom_id) of the unit's lines with no result, read without trusting the
-        stored line (it may be what makes the unit fail)."""
-        indices = list(range(unit.start, unit.end)) if unit.phase == "route" else unit.items
+    async def fail_open(
+        self,
+        job_id: str,
+        indices: Sequence[int],
+        error: tuple[str, str],
+        status_code: int | None = None,
+    ) -> list[int]:
+        """Give each line among `indices` that has no result yet an error result; returns the
+        lines this call answered. The stored lines are read without being trusted (a bad one
+        may be why they are being given up)."""
         fields = [str(i) for i in indices]
-        results = await self.store.hmget(keys.batch_results(unit.job_id), fields)
-        items = await self.store.hmget(keys.batch_items(unit.job_id), fields)
-        return [
-            (index, _custom_id(index, raw))
-            for index, result, raw in zip(indices, results, items, strict=True)
-            if result is None
-        ]
+        results = await self.store.hmget(keys.batch_results(job_id), fields)
+        items = await self.store.hmget(keys.batch_items(job_id), fields)
+        answered = []
+        for index, result, raw in zip(indices, results, items, strict=True):
+            if result is not None:
+                continue
+            custom_id = _custom_id(index, raw)
+            line = result_line(job_id, index, custom_id, status_code=status_code, error=error)
+            if await self.write_result(job_id, index, line, failed=True):
+                answered.append(index)
+        return answered
 
     # -- the sweeper ------------------------------------------------------------------------
     async def take_sweep(self, owner: str, every_s: float) -> bool:

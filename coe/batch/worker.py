@@ -158,12 +158,12 @@ class BatchWorker:
         message = f"batch {unit.label} failed {times} times: {reason}"
         log.error("batch %s: %s; its lines are answered with the error", unit.job_id, message)
         self.metrics.batch_units_given_up.labels(unit.phase).inc()
+        indices = list(range(unit.start, unit.end)) if unit.phase == "route" else unit.items
         error = ("batch_unit_failed", message)
-        for index, custom_id in await self.jobs.open_lines(unit):
-            line = result_line(unit.job_id, index, custom_id, status_code=500, error=error)
-            if await self.jobs.write_result(unit.job_id, index, line, failed=True):
-                self.metrics.batch_items.labels("failed").inc()
-            if unit.phase == "route":
+        answered = await self.jobs.fail_open(unit.job_id, indices, error, status_code=500)
+        self.metrics.batch_items.labels("failed").inc(len(answered))
+        if unit.phase == "route":  # settled whoever answered them, so the job moves on
+            for index in indices:
                 await self.jobs.settle(unit.job_id, index)
         await self.next_phase(unit)
 

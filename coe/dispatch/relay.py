@@ -7,13 +7,13 @@ the server sent them, a stream chunk by chunk.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
 
 from coe.dispatch.http_errors import transport_error
+from coe.dispatch.sse import encode_event
 
 log = logging.getLogger(__name__)
 
@@ -74,4 +74,4 @@ async def relay_chunks(resp: httpx.Response, *, expert: str) -> AsyncIterator[by
         error = transport_error(err, f"expert {expert} at {resp.url} (streaming)", expert=expert)
         log.warning("%s", error.message)
         if is_event_stream(resp):
-            yield f"data: {json.dumps(error.to_openai())}\n\n".encode()
+            yield encode_event(error.to_openai())

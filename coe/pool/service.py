@@ -30,8 +30,14 @@ from coe.dispatch.relay import (
     relay_chunks,
     relayed_headers,
 )
-from coe.errors import CoeError, ConfigError, ExpertUnavailable, InvalidRequest, ModelNotFound
-from coe.errors import error_body as openai_error
+from coe.errors import (
+    CoeError,
+    ConfigError,
+    ExpertUnavailable,
+    InvalidRequest,
+    ModelNotFound,
+    error_body,
+)
 from coe.experts.schema import CoeConfig, ExpertSpec
 from coe.observability.pool_collector import PoolCollector
 from coe.pool.metrics import PoolMetrics
@@ -150,7 +156,7 @@ def create_pool_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
         kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
-        return JSONResponse(openai_error(str(err.detail), kind), status_code=err.status_code)
+        return JSONResponse(error_body(str(err.detail), kind), status_code=err.status_code)
 
     async def forward(request: Request, path: str) -> Response:
         body = await request.body()
