@@ -40,6 +40,19 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     dev_mode: bool = Field(False, description="allow a missing admin token (one is generated)")
     require_api_key: bool = False
+    egress_allow: str = Field(
+        "",
+        description="comma-separated CIDRs and host names expert endpoints may use even where "
+        "refused by default (link-local, cloud metadata); docs/configuration.md",
+    )
+    egress_deny: str = Field(
+        "",
+        description="comma-separated CIDRs and host names expert endpoints may never use; "
+        "wins over egress_allow",
+    )
+    egress_resolve_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="how long the egress check waits for a host name to resolve"
+    )
     default_rate_limit_rpm: int = Field(600, ge=1)
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -50,6 +63,22 @@ class Settings(BaseSettings):
     keep_alive_s: int = Field(30, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
     registry_poll_s: float = Field(5.0, gt=0, description="safety net beside pub/sub notices")
+    store_socket_timeout_s: float = Field(
+        1.0, gt=0, description="Redis: longest wait for one reply (blocking reads add theirs)"
+    )
+    store_connect_timeout_s: float = Field(1.0, gt=0, description="Redis: longest connect")
+    store_breaker_failures: int = Field(
+        3, ge=1, description="Redis: consecutive failures/timeouts that make calls fail fast"
+    )
+    store_breaker_cool_down_s: float = Field(
+        2.0, gt=0, description="Redis: fail fast this long, then let one probe through"
+    )
+    api_key_cache_size: int = Field(
+        10_000, ge=1, description="API keys kept locally for store outages (least recent out)"
+    )
+    api_key_wipe_grace_s: float = Field(
+        900.0, ge=0, description="known keys keep working this long after the key store empties"
+    )
 
     batch_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     batch_max_lines: int = Field(50_000, ge=1)
@@ -70,6 +99,11 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="scrapers of /metrics (gateway, worker, pool service) send it as "
+        "`Authorization: Bearer <token>`; unset: /metrics is open",
+    )
 
     def checked_admin_token(self) -> str | None:
         """The admin token, refusing empty or placeholder values outside dev mode."""

@@ -14,6 +14,8 @@ from coe.store.redis_store import RedisStore
 from tests.support.net import free_port
 from tests.support.redis import isolated_redis_store
 
+pytest_plugins = ["tests.support.redis_server"]  # `redis_server`: a Redis of the test's own
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

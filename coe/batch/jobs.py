@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from coe.batch.files import BatchFiles, list_page
+from coe.batch.lifetimes import retain
 from coe.batch.units import Unit
 from coe.batch.wire import CHAT_URL, FileProblem, ParsedLine, read_batch_file, result_line
 from coe.batch.work import BatchWork
@@ -74,7 +75,7 @@ class BatchJobs:
         self.retention_s = retention_s
         self.cancel_grace_s = cancel_grace_s
         self.max_lines = max_lines
-        self.work = BatchWork(store, chunk)
+        self.work = BatchWork(store, chunk, retention_s)
         self.files = BatchFiles(store, retention_s)
 
     @classmethod
@@ -304,11 +305,9 @@ class BatchJobs:
 
     async def _retain(self, job_id: str) -> None:
         """A finished job's keys (whoever wrote them) expire after the retention period;
-        its short-lived liveness key keeps its own, shorter, time to live."""
-        found = await self.store.keys(keys.batch_keys_prefix(job_id))
-        for key in [keys.batch_job(job_id), *found]:
-            if key != keys.batch_alive(job_id):
-                await self.store.expire(key, self.retention_s)
+        its short-lived liveness key keeps its own, shorter, time to live. Keys a late unit
+        creates afterwards are bounded by the worker (`BatchWork.bound_if_finished`)."""
+        await retain(self.store, job_id, self.retention_s)
 
     # -- helpers ----------------------------------------------------------------------------
     async def _job(self, job_id: str, owner: str | None = None) -> dict[str, str]:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coe.batch.lifetimes import bound_job
 from coe.batch.units import Unit
 from coe.batch.wire import result_line
 from coe.errors import NotFound
@@ -41,9 +42,10 @@ class Line:
 
 
 class BatchWork:
-    def __init__(self, store: Store, chunk: int = 64):
+    def __init__(self, store: Store, chunk: int = 64, retention_s: float = 30 * 24 * 3600):
         self.store = store
         self.chunk = chunk
+        self.retention_s = retention_s
 
     async def ensure_group(self) -> None:
         await self.store.xgroup_create(keys.BATCH_STREAM, keys.BATCH_GROUP)
@@ -92,6 +94,10 @@ class BatchWork:
     async def extend(self, worker: str, entry_id: str) -> bool:
         """Keep a unit this worker holds from looking abandoned; False once it lost it."""
         return await self.store.xextend(keys.BATCH_STREAM, keys.BATCH_GROUP, worker, entry_id)
+
+    async def trim(self) -> int:
+        """Drop acknowledged units a crash left on the stream (between ack and delete)."""
+        return await self.store.xtrim_acknowledged(keys.BATCH_STREAM, keys.BATCH_GROUP)
 
     async def depth(self) -> tuple[int, int]:
         """Units (waiting, pending) on the work stream."""
@@ -307,9 +313,16 @@ class BatchWork:
                 continue
             if await self._finished(job_id):
                 await self.store.hdel(keys.BATCH_ACTIVE, job_id)
+                await bound_job(self.store, job_id, self.retention_s)  # even if nobody reads it
             elif await self.store.get(keys.batch_alive(job_id)) is None:
                 out.append(job_id)
         return out
+
+    async def bound_if_finished(self, job_id: str) -> None:
+        """After a unit: a job it may have outlived gets the bound back on whatever the unit
+        created (`coe.batch.lifetimes`); a running job's keys get theirs when it finishes."""
+        if await self._finished(job_id):
+            await bound_job(self.store, job_id, self.retention_s)
 
     async def _finished(self, job_id: str) -> bool:
         job = await self.store.hgetall(keys.batch_job(job_id))

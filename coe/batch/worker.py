@@ -83,6 +83,7 @@ class BatchWorker:
                     await self.handle(entry_id, unit)
                 backoff = 0.5
             except StoreUnavailable as err:
+                ready = False  # Redis may come back empty: the consumer group is made again
                 log.warning(
                     "batch worker %s: %s; retrying in %.1f s", self.name, err.message, backoff
                 )
@@ -108,6 +109,7 @@ class BatchWorker:
                 if deliveries < self.max_deliveries:
                     return  # left pending: another delivery after `claim_idle_s`
                 await self.give_up(unit, deliveries, error)
+        await self.jobs.bound_if_finished(unit.job_id)
         await self.jobs.ack(entry_id)
 
     async def attempt(self, entry_id: str, unit: Unit, delivery: int) -> str | None:
@@ -202,6 +204,9 @@ class BatchWorker:
             await self.sweep()
 
     async def sweep(self) -> None:
+        trimmed = await self.jobs.trim()
+        if trimmed:
+            log.info("batch stream: %d acknowledged units trimmed", trimmed)
         for job_id in await self.jobs.sweepable():
             try:
                 what = await self.jobs.redrive(job_id, self.name, self.claim_idle_s, self._locked)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -11,8 +15,12 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
+
+from coe.config import MIN_TOKEN_LENGTH, PLACEHOLDER_TOKENS, Settings
+from coe.errors import ConfigError, Unauthorized
+from coe.security.tokens import token_matches
 
 if TYPE_CHECKING:
     from coe.pool.metrics import PoolMetrics
@@ -99,6 +107,11 @@ class Metrics:
             "Jobs found with no work queued whose missing work the sweeper queued again",
             registry=r,
         )
+        self.store_circuit_open = Gauge(
+            "coe_store_circuit_open",
+            "1 while the store's circuit breaker refuses calls (Redis down or hung)",
+            registry=r,
+        )
         self.registry_version = Gauge(
             "coe_registry_version", "Expert registry version seen by this replica", registry=r
         )
@@ -129,9 +142,83 @@ class Metrics:
         for expert in experts:
             self.fallbacks.labels(expert).inc()
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Expose these metrics on their own port (processes without the gateway: workers)."""
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", token: str | None = None) -> WSGIServer:
+        """Expose these metrics on their own port (processes without the gateway: workers),
+        behind `token` when one is given, as the gateway's /metrics is."""
+        return serve_registry(self.registry, port, host, token)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# -- who may scrape: the same rule for the gateway, the pool service and workers ----------
+METRICS_AUTH_MESSAGE = "/metrics needs `Authorization: Bearer <COE_METRICS_TOKEN>`"
+
+
+def checked_metrics_token(settings: Settings) -> str | None:
+    """COE_METRICS_TOKEN, refused (as the admin token is) when a placeholder or short,
+    outside dev mode; None when unset or empty (as compose passes an unset variable):
+    /metrics is then open."""
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
+    if not token:
+        return None
+    weak = token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
+    if weak and not settings.dev_mode:
+        raise ConfigError(
+            "COE_METRICS_TOKEN is a placeholder or shorter than "
+            f"{MIN_TOKEN_LENGTH} characters; set a real secret (e.g. `openssl rand -hex 32`) "
+            "or leave it unset to keep /metrics open"
+        )
+    return token
+
+
+def may_scrape(authorization: str | None, token: str | None) -> bool:
+    """Whether an `Authorization` header lets its caller read metrics (constant time)."""
+    if token is None:
+        return True
+    scheme, _, value = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(value.strip(), token)
+
+
+def check_scrape(authorization: str | None, token: str | None) -> None:
+    if not may_scrape(authorization, token):
+        raise Unauthorized(METRICS_AUTH_MESSAGE)
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def guarded(app: WsgiApp, token: str | None) -> WsgiApp:
+    """A WSGI app that answers 401 (OpenAI's error shape) to callers without the token."""
+    refusal = json.dumps(Unauthorized(METRICS_AUTH_MESSAGE).to_openai()).encode()
+
+    def guard(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if may_scrape(environ.get("HTTP_AUTHORIZATION"), token):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("Content-Type", "application/json"), ("WWW-Authenticate", "Bearer")],
+        )
+        return [refusal]
+
+    return guard
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scrape never holds the process at exit
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the process's own log
+
+
+def serve_registry(
+    registry: CollectorRegistry, port: int, host: str, token: str | None
+) -> WSGIServer:
+    """Serve `registry` on a daemon thread; `server.shutdown()` stops it."""
+    server = make_server(
+        host, port, guarded(make_wsgi_app(registry), token), _Server, handler_class=_Quiet
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,8 +1,16 @@
 """Chat API keys: created by operators, stored hashed, each with a requests-per-minute limit.
 
-Lookups are served from a local cache so chat keeps authenticating while the
-store is down; rate-limit counters live in the store (shared by every replica)
-and fail open with a warning when it is unreachable.
+Lookups are served from a bounded local cache (least recently used out) so chat keeps
+authenticating while the store is down; rate-limit counters live in the store (shared by
+every replica) and fail open when it is unreachable (at no cost while the store's circuit
+breaker is open). Each outage is logged once, not per request.
+
+When the store answers but holds no keys at all (Redis lost its data), keys this replica
+knew before keep working from the cache for `wipe_grace_s`, counted from when it first saw
+the empty store, so chat survives the wipe while operators recreate keys. Keys are not
+written back from memory: a replica's cache may still hold a key revoked elsewhere, and
+the store stays the only authority on which keys exist. A store holding any key ends the
+grace at once: a key missing from it is unknown (revoked), whatever the cache says.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 from coe.errors import NotFound, RateLimited, StoreUnavailable, Unauthorized
@@ -39,9 +48,26 @@ class ApiKey:
 
 
 class ApiKeyStore:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, cache_size: int = 10_000, wipe_grace_s: float = 900.0):
         self.store = store
-        self._by_hash: dict[str, ApiKey] = {}
+        self.cache_size = cache_size
+        self.wipe_grace_s = wipe_grace_s
+        self._by_hash: OrderedDict[str, ApiKey] = OrderedDict()
+        self._empty_since: float | None = None  # when this replica first saw no keys stored
+        self._store_down = False  # an outage is logged when it starts and when it ends
+        self._limits_down = False
+
+    def _remember(self, record: ApiKey) -> None:
+        self._by_hash[record.hash] = record
+        self._by_hash.move_to_end(record.hash)
+        while len(self._by_hash) > self.cache_size:
+            self._by_hash.popitem(last=False)
+
+    def _cached(self, digest: str) -> ApiKey | None:
+        record = self._by_hash.get(digest)
+        if record is not None:
+            self._by_hash.move_to_end(digest)
+        return record
 
     async def create(self, name: str, rate_limit_rpm: int) -> tuple[ApiKey, str]:
         """Returns the record and the secret; the secret is never stored or shown again."""
@@ -55,14 +81,17 @@ class ApiKeyStore:
         )
         await self.store.hset(keys.API_KEYS, {record.hash: json.dumps(asdict(record))})
         await self.store.publish(keys.API_KEYS_CHANNEL, record.id)
-        self._by_hash[record.hash] = record
+        self._remember(record)
         return record, secret
 
     async def list(self) -> list[ApiKey]:
         raw = await self.store.hgetall(keys.API_KEYS)
-        records = [ApiKey(**json.loads(v)) for v in raw.values()]
-        self._by_hash = {r.hash: r for r in records}
-        return sorted(records, key=lambda r: r.created)
+        records = sorted((ApiKey(**json.loads(v)) for v in raw.values()), key=lambda r: r.created)
+        # The store is the authority: what it no longer holds (revoked) leaves the cache.
+        self._by_hash = OrderedDict()
+        for record in records[-self.cache_size :]:  # the newest when they do not all fit
+            self._remember(record)
+        return records
 
     async def revoke(self, key_id: str) -> None:
         for record in await self.list():
@@ -82,26 +111,56 @@ class ApiKeyStore:
         digest = key_hash(secret)
         try:
             raw = await self.store.hget(keys.API_KEYS, digest)
-        except StoreUnavailable:
-            cached = self._by_hash.get(digest)
+            if raw is None:
+                return await self._not_stored(digest)
+        except StoreUnavailable as err:
+            cached = self._cached(digest)
             if cached is None:
                 raise
-            log.warning("store unavailable; authenticated key %s from the local cache", cached.id)
+            if not self._store_down:
+                log.warning(
+                    "store unavailable; authenticating known API keys from the local cache "
+                    "until it is back: %s",
+                    err.message,
+                )
+                self._store_down = True
             return cached
-        if raw is None:
+        if self._store_down:
+            log.info("store reachable again; API keys are checked against it")
+            self._store_down = False
+        self._empty_since = None
+        record = ApiKey(**json.loads(raw))
+        self._remember(record)
+        return record
+
+    async def _not_stored(self, digest: str) -> ApiKey:
+        """A key the store does not hold: unknown, unless the store lost every key lately
+        and this replica knew it (see the module docstring)."""
+        if await self.store.hlen(keys.API_KEYS) > 0:
+            self._empty_since = None
             self._by_hash.pop(digest, None)
             raise Unauthorized("Invalid API key")
-        record = ApiKey(**json.loads(raw))
-        self._by_hash[digest] = record
-        return record
+        now = time.monotonic()
+        if self._empty_since is None:
+            self._empty_since = now
+            log.warning(
+                "the store holds no API keys (Redis lost its data?); keys this replica knew "
+                "keep working for %.0f s: recreate them with POST /admin/keys",
+                self.wipe_grace_s,
+            )
+        cached = self._cached(digest)
+        if cached is None or now - self._empty_since >= self.wipe_grace_s:
+            raise Unauthorized("Invalid API key")
+        return cached
 
     async def check_rate(self, record: ApiKey) -> None:
         window = int(time.time() // 60)
         try:
             used = await self.store.incr(keys.rate_limit(record.id, window), ttl_s=61)
         except StoreUnavailable as err:
-            log.warning("store unavailable; not rate limiting key %s: %s", record.id, err.message)
+            self._limits_unavailable(err)
             return
+        self._limits_available()
         if used > record.rate_limit_rpm:
             retry = 60 - int(time.time()) % 60
             raise RateLimited(
@@ -109,6 +168,16 @@ class ApiKeyStore:
                 f"{record.name!r}; retry in {retry} s",
                 retry_after_s=retry,
             )
+
+    def _limits_unavailable(self, err: StoreUnavailable) -> None:
+        if not self._limits_down:
+            log.warning("store unavailable; not rate limiting until it is back: %s", err.message)
+            self._limits_down = True
+
+    def _limits_available(self) -> None:
+        if self._limits_down:
+            log.info("store reachable again; rate limits apply")
+            self._limits_down = False
 
     async def spend(self, record: ApiKey, amount: int, what: str, counted: int = 0) -> None:
         """Charge `amount` requests at once (`what`, e.g. a batch's lines; `counted` of them
@@ -131,7 +200,7 @@ class ApiKeyStore:
                 return
             await self.store.incr(key, -extra)
         except StoreUnavailable as err:
-            log.warning("store unavailable; not rate limiting key %s: %s", record.id, err.message)
+            self._limits_unavailable(err)
             return
         retry = 60 - int(time.time()) % 60
         raise RateLimited(

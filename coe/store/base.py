@@ -113,6 +113,12 @@ class Store(ABC):
         """Forget entries (acknowledged ones), so a stream holds only work still to do."""
 
     @abstractmethod
+    async def xtrim_acknowledged(self, stream: str, group: str) -> int:
+        """Drop every entry `group` has acknowledged that XDEL missed (a consumer died between
+        acknowledging and deleting), never one waiting or pending; how many were dropped. The
+        stream must have no other group."""
+
+    @abstractmethod
     async def xlen(self, stream: str) -> int:
         """How many entries the stream holds."""
 
@@ -120,6 +126,11 @@ class Store(ABC):
     async def xdepth(self, stream: str, group: str) -> tuple[int, int]:
         """(waiting, pending): entries not yet delivered to the group, and delivered but not
         acknowledged."""
+
+    def circuit_open(self) -> bool:
+        """True while the store refuses calls at once after repeated connection failures
+        (a Redis store's circuit breaker); a store that cannot fail that way never is."""
+        return False
 
     @abstractmethod
     async def close(self) -> None: ...

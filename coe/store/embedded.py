@@ -1,21 +1,34 @@
-"""An in-process store for a single node: no server, nothing to set up."""
+"""An in-process store for a single node: no server, nothing to set up.
+
+Keys with a TTL are also expired actively, like Redis does: a sweep task (started with the
+first TTL, or by `start()`; stopped by `close()`) removes a bounded number of expired keys
+per tick, so caches and rate windows nobody reads again do not pile up.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from coe.store.base import Store, StreamEntry
+from coe.store.embedded_stream import Group, Pending, Stream, id_order
 
 
 class EmbeddedStore(Store):
-    def __init__(self, prefix: str = "coe:"):
+    def __init__(self, prefix: str = "coe:", sweep_every_s: float = 1.0, sweep_max: int = 1000):
         self.prefix = prefix
+        self.sweep_every_s = sweep_every_s
+        self.sweep_max = sweep_max  # keys examined per tick at most
         self._data: dict[str, Any] = {}
         self._expiry: dict[str, float] = {}
+        # (deadline, key), soonest first; entries whose key got another deadline are stale
+        # and skipped when they come up
+        self._deadlines: list[tuple[float, str]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self._subscribers: dict[str, set[asyncio.Queue[str]]] = {}
 
     def _live(self, key: str) -> bool:
@@ -28,8 +41,47 @@ class EmbeddedStore(Store):
     def _expire(self, key: str, ttl_s: float | None) -> None:
         if ttl_s is None:
             self._expiry.pop(key, None)
-        else:
-            self._expiry[key] = time.monotonic() + ttl_s
+            return
+        deadline = time.monotonic() + ttl_s
+        self._expiry[key] = deadline
+        heapq.heappush(self._deadlines, (deadline, key))
+        if len(self._deadlines) > 2 * len(self._expiry) + self.sweep_max:  # mostly stale
+            self._deadlines = [(d, k) for k, d in self._expiry.items()]
+            heapq.heapify(self._deadlines)
+        self.start()
+
+    @property
+    def size(self) -> int:
+        """Keys held now, expired ones not yet removed included: what the sweep bounds."""
+        return len(self._data)
+
+    def start(self) -> None:
+        """Start the expiry sweep (idempotent); needs a running event loop, which any
+        caller setting a TTL has."""
+        if self._sweeper is None or self._sweeper.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: started later
+                self._sweeper = asyncio.get_running_loop().create_task(
+                    self._sweep_forever(), name="embedded-store-expiry"
+                )
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove keys whose TTL has passed, examining at most `sweep_max`; how many went."""
+        now = time.monotonic() if now is None else now
+        removed = 0
+        for _ in range(self.sweep_max):
+            if not self._deadlines or self._deadlines[0][0] > now:
+                break
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._expiry.get(key) == deadline:
+                self._data.pop(key, None)
+                del self._expiry[key]
+                removed += 1
+        return removed
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every_s)
+            self.sweep()
 
     async def ping(self) -> bool:
         return True
@@ -131,11 +183,11 @@ class EmbeddedStore(Store):
         h = self._hash(key)
         return [h.get(f) for f in fields]
 
-    def _stream(self, stream: str) -> _Stream:
+    def _stream(self, stream: str) -> Stream:
         if not self._live(stream):
-            self._data[stream] = _Stream()
+            self._data[stream] = Stream()
         value = self._data[stream]
-        if not isinstance(value, _Stream):
+        if not isinstance(value, Stream):
             raise TypeError(f"key {stream!r} holds a {type(value).__name__}, not a stream")
         return value
 
@@ -143,7 +195,7 @@ class EmbeddedStore(Store):
         return self._stream(stream).add(fields)
 
     async def xgroup_create(self, stream: str, group: str) -> None:
-        self._stream(stream).groups.setdefault(group, _Group())
+        self._stream(stream).groups.setdefault(group, Group())
 
     async def xreadgroup(
         self, stream: str, group: str, consumer: str, count: int = 1, block_ms: int = 1000
@@ -178,7 +230,7 @@ class EmbeddedStore(Store):
         held = pending.get(entry_id)
         if held is None or held.consumer != consumer:
             return False
-        pending[entry_id] = _Pending(consumer, time.monotonic(), held.deliveries)
+        pending[entry_id] = Pending(consumer, time.monotonic(), held.deliveries)
         return True
 
     async def xbacklog(self, stream: str, group: str) -> list[StreamEntry]:
@@ -187,11 +239,16 @@ class EmbeddedStore(Store):
         if g is None:
             return []
         waiting = s.entries[g.next_index :]
-        held = [(i, s.by_id[i]) for i in sorted(g.pending, key=_id_order)]
+        held = [(i, s.by_id[i]) for i in sorted(g.pending, key=id_order)]
         return [(i, dict(f)) for i, f in waiting + held]
 
     async def xdel(self, stream: str, *ids: str) -> int:
         return self._stream(stream).forget(ids)
+
+    async def xtrim_acknowledged(self, stream: str, group: str) -> int:
+        s = self._stream(stream)
+        g = s.groups.get(group)
+        return s.trim_acknowledged(g) if g is not None else 0
 
     async def xlen(self, stream: str) -> int:
         s = self._stream(stream)
@@ -206,85 +263,9 @@ class EmbeddedStore(Store):
 
     async def close(self) -> None:
         self._subscribers.clear()
-
-
-@dataclass(frozen=True)
-class _Pending:
-    consumer: str
-    at: float  # when last delivered or extended (monotonic)
-    deliveries: int
-
-
-@dataclass
-class _Group:
-    next_index: int = 0
-    pending: dict[str, _Pending] = field(default_factory=dict)
-
-
-def _id_order(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
-
-
-class _Stream:
-    """Redis stream semantics for one process: ids, groups, pending entries, claiming."""
-
-    def __init__(self) -> None:
-        self.entries: list[StreamEntry] = []
-        self.by_id: dict[str, dict[str, str]] = {}
-        self.groups: dict[str, _Group] = {}
-        self.forgotten: set[str] = set()  # deleted, still in `entries` until they reach its front
-        self._seq = 0
-        self._added = asyncio.Event()
-
-    def forget(self, ids: tuple[str, ...]) -> int:
-        """XDEL: drop entries; the front of the list is compacted (group positions move with
-        it), entries further in go once everything before them has."""
-        known = [i for i in ids if i in self.by_id and i not in self.forgotten]
-        self.forgotten.update(known)
-        while self.entries and self.entries[0][0] in self.forgotten:
-            entry_id, _ = self.entries.pop(0)
-            self.forgotten.discard(entry_id)
-            del self.by_id[entry_id]
-            for g in self.groups.values():
-                g.next_index = max(0, g.next_index - 1)
-        return len(known)
-
-    def add(self, fields: dict[str, str]) -> str:
-        self._seq += 1
-        entry_id = f"{int(time.time() * 1000)}-{self._seq}"
-        self.entries.append((entry_id, dict(fields)))
-        self.by_id[entry_id] = dict(fields)
-        self._added.set()
-        self._added = asyncio.Event()
-        return entry_id
-
-    async def wait_for_more(self) -> None:
-        await self._added.wait()
-
-    def group(self, name: str) -> _Group:
-        try:
-            return self.groups[name]
-        except KeyError:
-            raise KeyError(f"NOGROUP no consumer group {name!r}") from None
-
-    def deliver(self, group: str, consumer: str, count: int) -> list[StreamEntry]:
-        g = self.group(group)
-        out = self.entries[g.next_index : g.next_index + count]
-        g.next_index += len(out)
-        now = time.monotonic()
-        for entry_id, _ in out:
-            g.pending[entry_id] = _Pending(consumer, now, 1)
-        return [(i, dict(f)) for i, f in out]
-
-    def claim(self, group: str, consumer: str, min_idle_s: float, count: int) -> list[StreamEntry]:
-        g = self.group(group)
-        now = time.monotonic()
-        out: list[StreamEntry] = []
-        for entry_id, held in list(g.pending.items()):
-            if len(out) >= count:
-                break
-            if now - held.at >= min_idle_s:
-                g.pending[entry_id] = _Pending(consumer, now, held.deliveries + 1)
-                out.append((entry_id, dict(self.by_id[entry_id])))
-        return out
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None and not sweeper.done():
+            sweeper.cancel()
+            if sweeper.get_loop() is asyncio.get_running_loop():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper

@@ -3,9 +3,9 @@
 EXPERTS = "experts"  # hash: name -> ExpertSpec JSON
 EXPERTS_VERSION = "experts:version"  # int, bumped on every change
 EXPERTS_CHANNEL = "experts:changed"  # pub/sub: the new version
+EXPERTS_RESEED_LOCK = "experts:reseed-lock"  # string: the replica restoring a lost registry
 API_KEYS = "apikeys"  # hash: sha256(secret) -> ApiKey JSON
 API_KEYS_CHANNEL = "apikeys:changed"  # pub/sub: the key id
-CONFIG_RELOAD_CHANNEL = "config:reload"  # pub/sub: every replica re-reads its experts.yaml
 
 
 BATCH_STREAM = "batch:work"  # stream of work units; consumer group BATCH_GROUP
@@ -92,3 +92,41 @@ def batch_alive(job_id: str) -> str:
 
 def batch_unit_errors(job_id: str) -> str:
     return f"batch:{job_id}:unit-errors"  # hash: phase/unit key -> the last error processing it
+
+
+# -- one routing config for every replica, and router rebuilds that reach them all ---------
+CONFIG_VERSION = "config:version"  # int: the version of the config every replica serves
+CONFIG_SEQ = "config:seq"  # int counter: hands out config versions
+CONFIG_CHANNEL = "config:changed"  # pub/sub: the new CONFIG_VERSION
+ROUTERS_REBUILD = "routers:rebuild"  # int counter: bumped on every rebuild asked of a replica
+ROUTERS_REBUILD_CHANNEL = "routers:rebuilt"  # pub/sub: JSON {"rebuild": n, "replica": id}
+
+
+def config_doc(version: int) -> str:
+    return f"config:doc:{version}"  # JSON {version, config (validated), source, replica, at}
+
+
+# -- lifetimes: every key expires unless it is declared here -------------------------------
+# Glob patterns (fnmatch, without the store prefix) of the keys meant to persist: the
+# registry, API keys, router artefacts, the routing config, the batch work stream (trimmed by
+# the sweeper) and its index of active jobs (entries leave as jobs finish). Any other key
+# must carry a TTL; tests/store/test_key_lifetimes.py holds real traffic to that.
+PERSISTENT = (
+    EXPERTS,
+    EXPERTS_VERSION,
+    API_KEYS,
+    "artefact:*",
+    BATCH_STREAM,
+    BATCH_ACTIVE,
+    CONFIG_VERSION,
+    CONFIG_SEQ,
+    config_doc(0).removesuffix("0") + "*",
+    ROUTERS_REBUILD,
+)
+
+
+def is_persistent(key: str) -> bool:
+    """Whether `key` (without the store prefix) is declared to live without a TTL."""
+    from fnmatch import fnmatchcase
+
+    return any(fnmatchcase(key, pattern) for pattern in PERSISTENT)

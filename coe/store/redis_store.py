@@ -1,15 +1,25 @@
-"""The shared store on Redis (redis-py asyncio); every key carries the prefix."""
+"""The shared store on Redis (redis-py asyncio); every key carries the prefix.
+
+Every call goes through a circuit breaker (coe/store/breaker.py): while Redis is down or
+hung, calls fail fast with StoreUnavailable instead of each waiting for a timeout.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coe.errors import StoreUnavailable
 from coe.store.base import Store, StreamEntry
+from coe.store.breaker import CircuitBreaker
+from coe.store.redis_client import RedisOptions, blocking_client, command_client
 
 # XCLAIM JUSTID resets an entry's idle time without counting a delivery; checking the owner
 # in the same script keeps a worker from taking back a unit another worker has reclaimed.
@@ -19,30 +29,96 @@ if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
+# Acknowledged entries lie below the group's oldest pending entry, or (none pending) at or
+# below its last-delivered id; XTRIM MINID drops exactly those, in one atomic step.
+_TRIM_ACKED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last = nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local t = {}
+  for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+  if t['name'] == ARGV[1] then last = t['last-delivered-id'] end
+end
+if last == nil then return 0 end
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+local min_id
+if tonumber(summary[1]) > 0 then
+  min_id = summary[2]
+else
+  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
+  min_id = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', min_id)
+"""
 _PAGE = 1000
+# The connection failed or the reply did not come in time: what the breaker counts.
+_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class RedisStore(Store):
-    def __init__(self, client: aioredis.Redis, prefix: str = "coe:"):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "coe:",
+        options: RedisOptions | None = None,
+        blocking: aioredis.Redis | None = None,
+    ):
         self.client = client
         self.prefix = prefix
+        self.options = options or RedisOptions()
+        self.breaker = CircuitBreaker(
+            failures=self.options.breaker_failures, cool_down_s=self.options.breaker_cool_down_s
+        )
+        self._blocking = blocking  # XREADGROUP BLOCK; without one, the command client
         self._extend = client.register_script(_EXTEND)
+        self._trim_acked = client.register_script(_TRIM_ACKED)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "coe:") -> RedisStore:
-        client = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2, health_check_interval=15
+    def from_url(
+        cls, url: str, prefix: str = "coe:", options: RedisOptions | None = None
+    ) -> RedisStore:
+        options = options or RedisOptions()
+        return cls(
+            command_client(url, options),
+            prefix=prefix,
+            options=options,
+            blocking=blocking_client(url, options),
         )
-        return cls(client, prefix=prefix)
+
+    def circuit_open(self) -> bool:
+        return self.breaker.is_open
 
     def _k(self, key: str) -> str:
         return self.prefix + key
 
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Report the outcome of the calls inside to the breaker; Redis errors become
+        StoreUnavailable. The caller has already been let through by `breaker.allow()`."""
+        try:
+            yield
+        except _DOWN as err:
+            self.breaker.failed(err)
+            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+        except RedisError as err:  # Redis answered, with an error
+            self.breaker.succeeded()
+            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+        except StoreUnavailable:  # raised inside on an answer it does not accept
+            self.breaker.succeeded()
+            raise
+        except BaseException:
+            self.breaker.abandoned()
+            raise
+        self.breaker.succeeded()
+
     async def _run(self, coro: Any) -> Any:
         try:
+            self.breaker.allow()
+        except StoreUnavailable:
+            coro.close()  # never awaited: no warning, no command sent
+            raise
+        with self._guard():
             return await coro
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
 
     async def ping(self) -> bool:
         return bool(await self._run(self.client.ping()))
@@ -92,11 +168,10 @@ class RedisStore(Store):
     async def keys(self, pattern_prefix: str = "") -> list[str]:
         out = []
         match = self._k(pattern_prefix).replace("*", r"\*") + "*"
-        try:
+        self.breaker.allow()
+        with self._guard():
             async for k in self.client.scan_iter(match=match, count=500):
                 out.append(k[len(self.prefix) :])
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
         return sorted(out)
 
     async def publish(self, channel: str, message: str) -> None:
@@ -106,12 +181,12 @@ class RedisStore(Store):
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         try:
             await self._run(pubsub.subscribe(self._k(channel)))
-            try:
+            # A blocking read with no timeout (redis-py >= 8.1 reads pub/sub with math.inf);
+            # a lost connection ends it with an error, and the follower resubscribes.
+            with self._guard():
                 async for msg in pubsub.listen():
                     if msg.get("type") == "message":
                         yield str(msg["data"])
-            except (RedisError, OSError) as err:
-                raise StoreUnavailable(f"Redis is unavailable: {err}") from err
         finally:
             await pubsub.aclose()
 
@@ -135,22 +210,28 @@ class RedisStore(Store):
         return str(await self._run(self.client.xadd(self._k(stream), data)))
 
     async def xgroup_create(self, stream: str, group: str) -> None:
-        try:
-            await self.client.xgroup_create(self._k(stream), group, id="0", mkstream=True)
-        except ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise StoreUnavailable(f"Redis refused to create group {group}: {err}") from err
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+        self.breaker.allow()
+        with self._guard():
+            try:
+                await self.client.xgroup_create(self._k(stream), group, id="0", mkstream=True)
+            except ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise StoreUnavailable(f"Redis refused to create group {group}: {err}") from err
 
     async def xreadgroup(
         self, stream: str, group: str, consumer: str, count: int = 1, block_ms: int = 1000
     ) -> list[StreamEntry]:
-        reply = await self._run(
-            self.client.xreadgroup(
-                group, consumer, {self._k(stream): ">"}, count=count, block=block_ms
-            )
-        )
+        # BLOCK 0 would wait forever in Redis; like the embedded store, 0 means "do not wait".
+        block = block_ms if block_ms > 0 else None
+        limit = max(block_ms, 0) / 1000 + self.options.socket_timeout_s
+        client = self._blocking or self.client
+
+        async def read() -> Any:
+            streams: dict[Any, Any] = {self._k(stream): ">"}
+            call = client.xreadgroup(group, consumer, streams, count=count, block=block)
+            return await asyncio.wait_for(call, timeout=limit)
+
+        reply = await self._run(read())
         return [(str(i), dict(f)) for _, entries in (reply or []) for i, f in entries]
 
     async def xautoclaim(
@@ -185,12 +266,12 @@ class RedisStore(Store):
         return bool(await self._run(self._extend(keys=[self._k(stream)], args=args)))
 
     async def _group_info(self, stream: str, group: str) -> dict[str, Any] | None:
-        try:
-            groups = await self.client.xinfo_groups(self._k(stream))
-        except ResponseError:  # no such stream
-            return None
-        except (RedisError, OSError) as err:
-            raise StoreUnavailable(f"Redis is unavailable: {err}") from err
+        self.breaker.allow()
+        with self._guard():
+            try:
+                groups = await self.client.xinfo_groups(self._k(stream))
+            except ResponseError:  # no such stream
+                return None
         return next((g for g in groups if g["name"] == group), None)
 
     async def _after(self, stream: str, last_id: str) -> list[StreamEntry]:
@@ -233,6 +314,9 @@ class RedisStore(Store):
             return 0
         return int(await self._run(self.client.xdel(self._k(stream), *ids)))
 
+    async def xtrim_acknowledged(self, stream: str, group: str) -> int:
+        return int(await self._run(self._trim_acked(keys=[self._k(stream)], args=[group])))
+
     async def xlen(self, stream: str) -> int:
         return int(await self._run(self.client.xlen(self._k(stream))))
 
@@ -247,3 +331,5 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await self.client.aclose()
+        if self._blocking is not None:
+            await self._blocking.aclose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from coe.errors import StoreUnavailable
@@ -19,21 +20,32 @@ Handler = Callable[[str], Awaitable[None]]
 
 
 async def follow_channel(
-    store: Store, channel: str, handler: Handler, retry_s: float = 1.0
+    store: Store, channel: str, handler: Handler, retry_s: float = 1.0, max_retry_s: float = 10.0
 ) -> None:
-    """Call `handler(message)` for each notice on `channel`, resubscribing after outages."""
+    """Call `handler(message)` for each notice on `channel`, resubscribing after outages.
+
+    Every attempt is followed by a pause, so a subscription that keeps failing (or ending)
+    at once never spins; the pause doubles up to `max_retry_s` while attempts keep failing,
+    and starts over once a subscription has lived through a message or `max_retry_s`."""
     backoff = retry_s
     while True:
+        started = time.monotonic()
+        why = "the subscription ended"
         try:
             async for message in store.subscribe(channel):
                 backoff = retry_s
                 await handler(message)
         except StoreUnavailable as err:
-            log.warning("lost %s notices (%s); retrying in %.0f s", channel, err.message, backoff)
+            why = err.message
         except (OSError, ConnectionError) as err:
-            log.warning("lost %s notices (%s); retrying in %.0f s", channel, err, backoff)
+            why = str(err)
+        if time.monotonic() - started >= max_retry_s:  # it was up: this is a new outage
+            backoff = retry_s
+        # Logged as a warning when the outage begins; the retries that follow, at debug.
+        level = logging.WARNING if backoff == retry_s else logging.DEBUG
+        log.log(level, "lost %s notices (%s); retrying in %.0f s", channel, why, backoff)
         await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 30.0)
+        backoff = min(backoff * 2, max_retry_s)
 
 
 async def poll(every_s: float, action: Callable[[], Awaitable[object]], what: str) -> None:

@@ -231,3 +231,57 @@ async def test_deleted_entries_leave_the_stream_and_delivery_goes_on(store: Stor
     assert await store.xlen("work") == 0 and await store.xdepth("work", "g") == (0, 0)
     new = await store.xadd("work", {"n": "4"})
     assert [i for i, _ in await store.xreadgroup("work", "g", "w", count=5, block_ms=10)] == [new]
+
+
+async def test_trim_drops_only_acknowledged_entries(store: Store) -> None:
+    """The safety net under XDEL: acknowledged entries a crash left behind are trimmed;
+    pending and undelivered ones never are."""
+    assert await store.xtrim_acknowledged("none", "g") == 0
+    await store.xgroup_create("work", "g")
+    ids = [await store.xadd("work", {"n": str(i)}) for i in range(5)]
+    assert await store.xtrim_acknowledged("work", "g") == 0  # nothing delivered yet
+    await store.xreadgroup("work", "g", "w", count=3, block_ms=10)
+    await store.xack("work", "g", ids[0], ids[1])  # acknowledged, never deleted
+    assert await store.xtrim_acknowledged("work", "g") == 2
+    assert await store.xlen("work") == 3
+    assert [f["n"] for _, f in await store.xbacklog("work", "g")] == ["3", "4", "2"]
+    await store.xack("work", "g", ids[2])
+    assert await store.xtrim_acknowledged("work", "g") == 1
+    assert await store.xdepth("work", "g") == (2, 0)
+    rest = await store.xreadgroup("work", "g", "w", count=5, block_ms=10)
+    assert [f["n"] for _, f in rest] == ["3", "4"]
+    assert await store.xtrim_acknowledged("work", "g") == 0  # both pending
+
+
+async def test_embedded_store_expires_keys_nobody_reads_again() -> None:
+    """Caches and rate windows written once and never read must not pile up: a periodic
+    sweep removes them, a bounded number per tick."""
+    store = EmbeddedStore(prefix="t:", sweep_every_s=0.05, sweep_max=25)
+    try:
+        for i in range(60):
+            await store.set(f"cache:{i}", "x", ttl_s=0.05)
+            await store.incr(f"ratelimit:k:{i}", ttl_s=0.05)
+        await store.set("keep", "x")
+        assert store.size == 121
+        for _ in range(100):  # swept within a few ticks; 5 s at most
+            if store.size == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert store.size == 1 and await store.get("keep") == "x"
+    finally:
+        await store.close()
+    assert store._sweeper is None  # close stops the sweep
+
+
+async def test_embedded_sweep_is_bounded_per_tick() -> None:
+    store = EmbeddedStore(prefix="t:", sweep_every_s=3600, sweep_max=10)  # swept by hand here
+    try:
+        for i in range(25):
+            await store.set(f"k{i}", "x", ttl_s=0.01)
+        await store.set("k3", "x", ttl_s=3600)  # a later TTL replaces the first one
+        later = asyncio.get_running_loop().time() + 60
+        removed = [store.sweep(now=later) for _ in range(4)]
+        assert max(removed) <= 10 and removed[-1] == 0  # at most 10 examined per tick
+        assert sum(removed) == 24 and store.size == 1
+    finally:
+        await store.close()
