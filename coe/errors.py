@@ -3,6 +3,7 @@
     CoeError                      status  type
     ├── ConfigError                 500   config_error        bad experts.yaml / settings
     ├── InvalidRequest              400   invalid_request_error
+    │   ├── EgressRefused           400   invalid_request_error the egress policy refuses it
     │   ├── PayloadTooLarge         413   invalid_request_error
     │   └── RequestTimeout          408   invalid_request_error the client sent its body too slowly
     ├── Unauthorized                401   authentication_error missing or wrong key / token
@@ -15,12 +16,17 @@
     └── UpstreamError               502   upstream_error      one expert call failed
         ├── UpstreamTimeout         504   upstream_timeout
         ├── UpstreamStatus          502   upstream_error      5xx/429 answer (400 when the expert
-        │                                                     rejected the request itself)
+        │   │                                                 rejected the request itself)
+        │   └── ExpertAuthFailed    502   upstream_error      401/403: our key for it is wrong
         ├── ExpertUnavailable       503   expert_unavailable  a pool could not swap it in (retried)
         └── AllExpertsFailed        502   upstream_error      every candidate failed (keeps all)
 
 The gateway turns any CoeError into OpenAI's error shape with `to_openai()`; `error_body`
 builds that shape for errors raised outside the tree (HTTP, validation, middleware).
+
+An UpstreamError's `message` is what a client may read: the expert and the kind of failure,
+never an internal URL, host or upstream body. `detail` says everything else, for the log
+(credentials redacted); `code` names the kind (upstream_timeout, expert_unreachable, ...).
 """
 
 from __future__ import annotations
@@ -110,24 +116,45 @@ class StoreUnavailable(CoeError):
     error_type = "store_unavailable"
 
 
+class EgressRefused(InvalidRequest):
+    """An expert endpoint the egress policy refuses (coe.security.egress)."""
+
+    code = "egress_refused"
+
+
 class UpstreamError(CoeError):
     status_code = 502
     error_type = "upstream_error"
 
-    def __init__(self, message: str, *, expert: str | None = None, url: str | None = None):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        expert: str | None = None,
+        url: str | None = None,
+        detail: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message, code=code)
         self.expert = expert
-        self.url = url
+        self.url = url  # already redacted by whoever raised it; for the log, never a client
+        self.detail = detail or message
 
     @property
     def retryable(self) -> bool:
-        """Whether another replica or expert may succeed where this one failed."""
+        """Whether another expert may succeed where this one failed."""
         return True
+
+    @property
+    def replica_retryable(self) -> bool:
+        """Whether another replica of the same expert may succeed."""
+        return self.retryable
 
 
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     error_type = "upstream_timeout"
+    code = "upstream_timeout"
 
 
 class UpstreamStatus(UpstreamError):
@@ -139,11 +166,13 @@ class UpstreamStatus(UpstreamError):
         body: str = "",
         expert: str | None = None,
         url: str | None = None,
+        detail: str | None = None,
+        code: str | None = None,
     ):
-        super().__init__(message, expert=expert, url=url)
+        super().__init__(message, expert=expert, url=url, detail=detail, code=code)
         self.status = status
         self.body = body
-        if 400 <= status < 500 and status != 429:
+        if 400 <= status < 500 and status not in (401, 403, 429):
             # The expert rejected the request itself: that is the client's error to fix.
             self.status_code = 400
             self.error_type = "invalid_request_error"
@@ -154,17 +183,38 @@ class UpstreamStatus(UpstreamError):
         return self.status >= 500 or self.status == 429
 
 
+class ExpertAuthFailed(UpstreamStatus):
+    """The expert answered 401/403: the gateway's own credentials for it are wrong, which the
+    client cannot fix. Another expert may answer; another replica (same key) would not."""
+
+    code = "expert_auth_failed"
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+    @property
+    def replica_retryable(self) -> bool:
+        return False
+
+
 class ExpertUnavailable(UpstreamError):
     """A pool could not make the expert resident (swap failed or cooling down); try another."""
 
     status_code = 503
     error_type = "expert_unavailable"
+    code = "expert_unavailable"
 
 
 class AllExpertsFailed(UpstreamError):
+    code = "all_experts_failed"
+
     def __init__(self, message: str, failures: list[UpstreamError]):
-        super().__init__(message)
+        super().__init__(message, detail="; ".join(f.detail for f in failures) or message)
         self.failures = failures
+        codes = {f.code for f in failures if f.code is not None}
+        if len(codes) == 1 and all(f.code is not None for f in failures):
+            self.code = codes.pop()  # one kind of failure: say which
         worst = max((f.status_code for f in failures), default=502)
         self.status_code = (
             504 if worst == 504 and all(isinstance(f, UpstreamTimeout) for f in failures) else 502

@@ -1,8 +1,9 @@
 """Every chat call to an expert goes through here: OpenAI-compatible, across its replicas.
 
 Per-expert concurrency limits, timeouts, and retry on another replica on a
-connection error, timeout, 429 or 5xx. Fallback to other experts is one level
-up (`coe.dispatch.fallback`).
+connection error, timeout, 429 or 5xx (not on 401/403: every replica holds the same key).
+Fallback to other experts is one level up (`coe.dispatch.fallback`). Errors carry a
+client-safe message and the details (redacted URLs, upstream bodies) for the log.
 """
 
 from __future__ import annotations
@@ -11,17 +12,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
 
+from coe.dispatch.expert_state import ExpertStates
 from coe.dispatch.http_errors import status_error, transport_error
 from coe.dispatch.replicas import Replica, ReplicaSet
 from coe.dispatch.sse import DONE, iter_sse_data
 from coe.errors import UpstreamError, UpstreamTimeout
 from coe.experts.schema import ExpertSpec
+from coe.security.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +81,7 @@ class ExpertClient:
         self.http = http
         self.liveness = liveness
         self.observer = observer
-        self._replicas: dict[str, tuple[tuple[str, ...], ReplicaSet]] = {}
-        self._limits: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.states = ExpertStates()
 
     @classmethod
     @asynccontextmanager
@@ -90,36 +92,32 @@ class ExpertClient:
             yield cls(http)
 
     def replicas(self, expert: ExpertSpec) -> ReplicaSet:
-        urls = tuple(expert.base_urls())
-        cached = self._replicas.get(expert.name)
-        if cached is None or cached[0] != urls:
-            cached = (urls, ReplicaSet(list(urls)))
-            self._replicas[expert.name] = cached
-        return cached[1]
+        return self.states.of(expert).replicas
 
-    def _semaphore(self, expert: ExpertSpec) -> asyncio.Semaphore:
-        limit = expert.limits.max_concurrency
-        cached = self._limits.get(expert.name)
-        if cached is None or cached[0] != limit:
-            cached = (limit, asyncio.Semaphore(limit))
-            self._limits[expert.name] = cached
-        return cached[1]
+    def retain(self, names: Iterable[str]) -> None:
+        """Forget the state of experts no longer registered (call on registry changes)."""
+        self.states.retain(names)
 
     @asynccontextmanager
     async def _slot(self, expert: ExpertSpec) -> AsyncIterator[None]:
-        sem = self._semaphore(expert)
+        state = self.states.of(expert)
+        state.busy += 1
         try:
-            await asyncio.wait_for(sem.acquire(), timeout=expert.limits.timeout_s)
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"expert {expert.name} is at its concurrency limit "
-                f"({expert.limits.max_concurrency}) for {expert.limits.timeout_s:.0f} s",
-                expert=expert.name,
-            ) from None
-        try:
-            yield
+            try:
+                await asyncio.wait_for(state.semaphore.acquire(), timeout=expert.limits.timeout_s)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"expert {expert.name} is at its concurrency limit "
+                    f"({expert.limits.max_concurrency}) for {expert.limits.timeout_s:.0f} s",
+                    expert=expert.name,
+                    code="expert_busy",
+                ) from None
+            try:
+                yield
+            finally:
+                state.semaphore.release()
         finally:
-            sem.release()
+            state.busy -= 1
 
     def _observe(self, expert: ExpertSpec, started: float, ok: bool) -> None:
         if self.observer is not None:
@@ -167,11 +165,11 @@ class ExpertClient:
                 except UpstreamError as err:
                     self._observe(expert, started, ok=False)
                     last = err
-                    if not err.retryable:
+                    if not err.replica_retryable:
                         raise
                     replicas.failed(replica)
                     # INFO: the caller (fallback) warns once per expert it gives up on
-                    log.info("expert %s replica %s failed: %s", expert.name, replica.url, err)
+                    log.info("expert %s replica failed: %s", expert.name, err.detail)
                     continue
                 finally:
                     replica.inflight -= 1
@@ -185,27 +183,23 @@ class ExpertClient:
         self, expert: ExpertSpec, base: str, payload: dict[str, Any], headers: dict[str, str]
     ) -> dict[str, Any]:
         url = f"{base}/v1/chat/completions"
-        what = f"expert {expert.name} at {base}"
+        what = f"expert {expert.name} at {redact_url(base)}"
         try:
             resp = await self.http.post(
                 url, json=payload, headers=headers, timeout=self._timeout(expert)
             )
         except httpx.HTTPError as err:
-            raise transport_error(err, what, expert=expert.name, url=base) from err
+            raise transport_error(err, what, expert=expert.name, url=base, public=True) from err
         if resp.status_code >= 400:
-            raise status_error(resp.status_code, resp.text, what, expert=expert.name, url=base)
+            raise status_error(
+                resp.status_code, resp.text, what, expert=expert.name, url=base, public=True
+            )
         try:
             data: dict[str, Any] = resp.json()
         except ValueError as err:
-            raise UpstreamError(
-                f"expert {expert.name} sent invalid JSON from {base}", expert=expert.name, url=base
-            ) from err
+            raise _invalid(expert, base, "sent invalid JSON") from err
         if not data.get("choices"):
-            raise UpstreamError(
-                f"expert {expert.name} sent a completion without choices from {base}",
-                expert=expert.name,
-                url=base,
-            )
+            raise _invalid(expert, base, "sent a completion without choices")
         return data
 
     async def open_stream(
@@ -224,20 +218,16 @@ class ExpertClient:
             try:
                 first = await anext(stream)
             except StopAsyncIteration:
-                last = UpstreamError(
-                    f"expert {expert.name} closed the stream before any token at {replica.url}",
-                    expert=expert.name,
-                    url=replica.url,
-                )
+                last = _invalid(expert, replica.url, "closed the stream before any token")
             except UpstreamError as err:
                 last = err
-                if not err.retryable:
+                if not err.replica_retryable:
                     raise
             else:
                 replicas.succeeded(replica)
                 return first, stream
             replicas.failed(replica)
-            log.info("expert %s replica %s failed to stream: %s", expert.name, replica.url, last)
+            log.info("expert %s replica failed to stream: %s", expert.name, last.detail)
         assert last is not None
         raise last
 
@@ -246,7 +236,7 @@ class ExpertClient:
     ) -> AsyncIterator[dict[str, Any]]:
         base = replica.url
         url = f"{base}/v1/chat/completions"
-        what = f"expert {expert.name} at {base}"
+        what = f"expert {expert.name} at {redact_url(base)}"
         async with self._slot(expert):
             replica.inflight += 1
             started = time.perf_counter()
@@ -262,7 +252,7 @@ class ExpertClient:
                     if resp.status_code >= 400:
                         text = (await resp.aread()).decode(errors="replace")
                         raise status_error(
-                            resp.status_code, text, what, expert=expert.name, url=base
+                            resp.status_code, text, what, expert=expert.name, url=base, public=True
                         )
                     done = False
                     async for data in iter_sse_data(resp.aiter_lines()):
@@ -272,30 +262,34 @@ class ExpertClient:
                         try:
                             chunk = json.loads(data)
                         except ValueError as err:
-                            raise UpstreamError(
-                                f"expert {expert.name} sent an invalid stream event",
-                                expert=expert.name,
-                                url=base,
-                            ) from err
+                            raise _invalid(expert, base, "sent an invalid stream event") from err
                         if isinstance(chunk, dict) and "error" in chunk:
-                            raise UpstreamError(
-                                f"expert {expert.name} reported an error mid-stream: "
-                                f"{chunk['error']}",
-                                expert=expert.name,
-                                url=base,
+                            raise _invalid(
+                                expert,
+                                base,
+                                "reported an error mid-stream",
+                                said=json.dumps(chunk["error"])[:300],
                             )
                         yield chunk
                     if not done:
-                        raise UpstreamError(
-                            f"expert {expert.name} stream ended before [DONE] at {base}",
-                            expert=expert.name,
-                            url=base,
-                        )
+                        raise _invalid(expert, base, "ended its stream before [DONE]")
                     ok = True
             except httpx.HTTPError as err:
                 raise transport_error(
-                    err, f"{what} (streaming)", expert=expert.name, url=base
+                    err, f"{what} (streaming)", expert=expert.name, url=base, public=True
                 ) from err
             finally:
                 replica.inflight -= 1
                 self._observe(expert, started, ok=ok)
+
+
+def _invalid(expert: ExpertSpec, base: str, what: str, said: str = "") -> UpstreamError:
+    """An answer we cannot use: the client learns what went wrong, the log also where."""
+    detail = f"expert {expert.name} at {redact_url(base)} {what}"
+    return UpstreamError(
+        f"expert {expert.name} {what}",
+        expert=expert.name,
+        url=redact_url(base),
+        detail=f"{detail}: {redact_text(said)}" if said else detail,
+        code="upstream_invalid_response",
+    )

@@ -16,13 +16,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Failure:
+    """One expert that failed, as a client may see it: the kind, never the details."""
+
     expert: str
     error: str
     status: int
+    kind: str | None = None
 
     @classmethod
     def of(cls, expert: str, err: UpstreamError) -> Failure:
-        return cls(expert=expert, error=err.message, status=err.status_code)
+        return cls(expert=expert, error=err.message, status=err.status_code, kind=err.code)
 
 
 @dataclass
@@ -90,7 +93,7 @@ async def complete_ranked(
                 raise
             errors.append(err)
             failures.append(Failure.of(expert.name, err))
-            log.warning("falling back from expert %s: %s", expert.name, err.message)
+            log.warning("falling back from expert %s: %s", expert.name, err.detail)
             continue
         return Answer(expert.name, response=response, failures=failures)
     raise _all_failed(errors, names)
@@ -114,7 +117,7 @@ async def stream_ranked(
             errors.append(err)
             failures.append(Failure.of(expert.name, err))
             log.warning(
-                "falling back from expert %s before first token: %s", expert.name, err.message
+                "falling back from expert %s before first token: %s", expert.name, err.detail
             )
             continue
         return Answer(expert.name, first=first, rest=rest, failures=failures)
@@ -122,7 +125,9 @@ async def stream_ranked(
 
 
 def _all_failed(errors: list[UpstreamError], names: Sequence[str]) -> AllExpertsFailed:
+    """Experts and the kind of each failure (their messages are client-safe); the details
+    stay in the errors, for the log."""
     if not errors:
         return AllExpertsFailed(f"none of the experts {list(names)} is registered", [])
-    detail = "; ".join(e.message for e in errors)
-    return AllExpertsFailed(f"all {len(errors)} candidate experts failed: {detail}", errors)
+    kinds = "; ".join(e.message for e in errors)
+    return AllExpertsFailed(f"all {len(errors)} candidate experts failed: {kinds}", errors)

@@ -1,7 +1,7 @@
 """Is an expert up? Each endpoint's /health and whether its /v1/models serves the expert's model.
 
 Probes go out with the expert's own API key, like its chat calls, so a protected upstream
-reports its real state instead of 401.
+reports its real state instead of 401. Endpoints are shown with their credentials masked.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import httpx
 
 from coe.dispatch.client import ExpertClient
 from coe.experts.schema import ExpertSpec
+from coe.security.redact import redact_text, redact_url
 
 PROBE_TIMEOUT_S = 5.0
 
 
 async def probe_endpoint(client: ExpertClient, expert: ExpertSpec, base: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"endpoint": base}
+    out: dict[str, Any] = {"endpoint": redact_url(base)}
     headers = client.headers(expert)
     started = time.perf_counter()
     try:
@@ -33,7 +34,7 @@ async def probe_endpoint(client: ExpertClient, expert: ExpertSpec, base: str) ->
         out["serves_model"] = expert.model in served
         out["ok"] = health.status_code == 200 and out["serves_model"]
     except (httpx.HTTPError, ValueError, AttributeError) as err:
-        out.update(ok=False, error=f"{type(err).__name__}: {err}")
+        out.update(ok=False, error=redact_text(f"{type(err).__name__}: {err}"))
     out["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return out
 

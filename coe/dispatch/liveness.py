@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from coe.experts.schema import CoeConfig, PoolSpec
+from coe.security.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,10 @@ class PoolStates:
                 log.warning(
                     "pool service %s for pool %s unreachable (%s: %s); routing around its "
                     "experts until it answers",
-                    spec.service_url,
+                    redact_url(spec.service_url),
                     pool,
                     type(err).__name__,
-                    err,
+                    redact_text(str(err)),
                 )
             self._down[pool] = set(self.members[pool])
             self._states.pop(pool, None)

@@ -2,7 +2,8 @@
 
 What the pool service does for the experts it fronts: the body is already what the expert
 should see, so nothing is parsed or rebuilt; status, content type and body come back as
-the server sent them, a stream chunk by chunk.
+the server sent them, a stream chunk by chunk. Its callers are gateways, not chat clients:
+errors keep the operator's wording (credentials masked), and the gateway sanitizes them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import httpx
 
 from coe.dispatch.http_errors import transport_error
 from coe.dispatch.sse import encode_event
+from coe.security.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ async def open_upstream(
     try:
         return await http.send(request, stream=True)
     except httpx.HTTPError as err:
-        raise transport_error(err, f"expert {expert} at {url}", expert=expert, url=url) from err
+        where = f"expert {expert} at {redact_url(url)}"
+        raise transport_error(err, where, expert=expert, url=url) from err
 
 
 async def read_all(resp: httpx.Response, *, expert: str) -> bytes:
@@ -59,9 +62,8 @@ async def read_all(resp: httpx.Response, *, expert: str) -> bytes:
     try:
         return await resp.aread()
     except httpx.HTTPError as err:
-        raise transport_error(
-            err, f"expert {expert} at {resp.url} (reading its answer)", expert=expert
-        ) from err
+        where = f"expert {expert} at {redact_url(str(resp.url))} (reading its answer)"
+        raise transport_error(err, where, expert=expert) from err
 
 
 async def relay_chunks(resp: httpx.Response, *, expert: str) -> AsyncIterator[bytes]:
@@ -71,7 +73,8 @@ async def relay_chunks(resp: httpx.Response, *, expert: str) -> AsyncIterator[by
         async for chunk in resp.aiter_bytes():
             yield chunk
     except httpx.HTTPError as err:
-        error = transport_error(err, f"expert {expert} at {resp.url} (streaming)", expert=expert)
-        log.warning("%s", error.message)
+        where = f"expert {expert} at {redact_url(str(resp.url))} (streaming)"
+        error = transport_error(err, where, expert=expert)
+        log.warning("%s", error.detail)
         if is_event_stream(resp):
             yield encode_event(error.to_openai())

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
 
 from coe.errors import ConfigError
+from coe.security.egress import EgressPolicy
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
 
@@ -23,6 +24,8 @@ class Strict(BaseModel):
 
 
 class ExpertLimits(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # no `timeout_s: true`
+
     max_concurrency: int = Field(16, ge=1, le=4096)
     timeout_s: float = Field(120.0, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=120)
@@ -226,8 +229,12 @@ def parse_config(data: Any, source: Path | str = "<config>") -> CoeConfig:
         raise ConfigError(_format_error(path, err)) from None
 
 
-def load_config(path: Path | str) -> CoeConfig:
-    """Read and validate experts.yaml; every failure is a ConfigError naming the file."""
+def load_config(path: Path | str, egress: EgressPolicy | None = None) -> CoeConfig:
+    """Read and validate experts.yaml; every failure is a ConfigError naming the file.
+
+    Expert endpoints must pass the egress policy (`egress`; default: the COE_EGRESS_*
+    settings of the environment). Resolves host names: blocking, call it from a thread.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -237,4 +244,11 @@ def load_config(path: Path | str) -> CoeConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    policy = egress or EgressPolicy.from_settings()
+    owners = {url: (i, e.name) for i, e in enumerate(config.experts) for url in e.base_urls()}
+    refused = policy.first_refused(owners)
+    if refused is not None:
+        i, name = owners[refused[0]]
+        raise ConfigError(f"{path}: experts.{i}.endpoints ({name}): {refused[1]}")
+    return config

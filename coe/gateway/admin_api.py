@@ -13,11 +13,13 @@ from coe.gateway.admin_wire import (
     ExpertPublic,
     ExpertUpdate,
     KeyCreate,
+    RebuildPublic,
+    ReloadPublic,
     ReloadRequest,
 )
 from coe.gateway.auth import AdminDep
 from coe.gateway.deps import RuntimeDep
-from coe.store import keys
+from coe.security.egress import EgressPolicy
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -35,6 +37,7 @@ async def create_expert(body: ExpertCreate, _: AdminDep, runtime: RuntimeDep) ->
     if body.name in runtime.registry.snapshot():
         raise Conflict(f"expert {body.name!r} already exists; PATCH /admin/experts/{body.name}")
     spec = body.to_spec()
+    await EgressPolicy.from_settings(runtime.settings).check_async(spec.base_urls())
     await runtime.registry.upsert(spec)
     return ExpertPublic.of(spec)
 
@@ -51,6 +54,7 @@ async def update_expert(
 ) -> ExpertPublic:
     await runtime.registry.refresh()
     spec = body.apply(runtime.registry.get(name))
+    await EgressPolicy.from_settings(runtime.settings).check_async(spec.base_urls())
     await runtime.registry.upsert(spec)
     return ExpertPublic.of(spec)
 
@@ -65,7 +69,9 @@ async def delete_expert(name: str, _: AdminDep, runtime: RuntimeDep) -> Response
 
 @router.get("/experts/{name}/health")
 async def expert_health(name: str, _: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
-    return await probe_expert(runtime.client, runtime.registry.get(name))
+    spec = runtime.registry.get(name)
+    await EgressPolicy.from_settings(runtime.settings).check_async(spec.base_urls())
+    return await probe_expert(runtime.client, spec)
 
 
 @router.get("/pools")
@@ -79,28 +85,29 @@ async def pool_states(_: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
 @router.post("/reload")
 async def reload_config(
     _: AdminDep, runtime: RuntimeDep, body: ReloadRequest | None = None
-) -> dict[str, Any]:
-    """Re-read experts.yaml here and tell every other replica to do the same."""
-    engine = await runtime.reload_config()
+) -> ReloadPublic:
+    """Read and validate this replica's experts.yaml, build it aside and swap it in, then
+    store it as the config every replica serves (they load it from the store, not their
+    own file). A file that is invalid or does not build changes nothing anywhere."""
+    done = await runtime.reload_config()
     if body is not None and body.reseed_experts:
         await runtime.registry.seed(runtime.config, overwrite=True)
-    await runtime.store.publish(keys.CONFIG_RELOAD_CHANNEL, runtime.replica_id)
-    return {
-        "pipelines": list(engine.pipelines),
-        "routers": sorted(engine.routers),
-        "experts": list(runtime.registry.snapshot()),
-        "version": runtime.registry.version,
-    }
+    return ReloadPublic.of(
+        done,
+        runtime.replica_id,
+        list(runtime.registry.snapshot()),
+        runtime.registry.version,
+        str(runtime.settings.experts_file),
+    )
 
 
 @router.post("/routers/rebuild")
-async def rebuild_routers(_: AdminDep, runtime: RuntimeDep) -> dict[str, Any]:
-    """Reload every router's artefacts (profiles, instructions, examples) from disk."""
-    rebuilt = []
-    for name, r in runtime.engine.routers.items():
-        await r.setup()
-        rebuilt.append(name)
-    return {"rebuilt": sorted(rebuilt)}
+async def rebuild_routers(_: AdminDep, runtime: RuntimeDep) -> RebuildPublic:
+    """Set every router up again from its artefacts (store, then disk) in a new engine,
+    swap it in whole, then have every other replica do the same. A router that fails to
+    build leaves the old engine serving, and the error names it."""
+    done = await runtime.rebuild_routers()
+    return RebuildPublic.of(done, runtime.replica_id)
 
 
 @router.get("/keys")

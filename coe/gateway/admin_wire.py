@@ -7,10 +7,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from coe.experts.schema import NAME_RE, ExpertLimits, ExpertSpec
+from coe.routing.live import Swapped
+from coe.security.redact import redact_url, restore_masked
 
 
 class ExpertCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is no number
 
     name: str = Field(pattern=NAME_RE)
     model: str = Field(min_length=1, max_length=256)
@@ -30,7 +32,7 @@ class ExpertCreate(BaseModel):
 class ExpertUpdate(BaseModel):
     """Only the fields given change; `name` is the URL's."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is no number
 
     model: str | None = Field(None, min_length=1, max_length=256)
     endpoints: list[HttpUrl] | None = Field(None, min_length=1, max_length=64)
@@ -45,6 +47,9 @@ class ExpertUpdate(BaseModel):
     def apply(self, current: ExpertSpec) -> ExpertSpec:
         data = current.model_dump()
         data.update(self.model_dump(exclude_unset=True))
+        if self.endpoints is not None:  # an endpoint sent back as shown keeps its password
+            sent = [str(u) for u in self.endpoints]
+            data["endpoints"] = restore_masked(sent, [str(u) for u in current.endpoints])
         return ExpertSpec.model_validate(data)
 
 
@@ -65,7 +70,7 @@ class ExpertPublic(BaseModel):
         return cls(
             name=spec.name,
             model=spec.model,
-            endpoints=spec.base_urls(),
+            endpoints=[redact_url(u) for u in spec.base_urls()],
             description=spec.description,
             skills=spec.skills,
             system_prompt=spec.system_prompt,
@@ -77,15 +82,63 @@ class ExpertPublic(BaseModel):
 
 
 class KeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is no number
 
     name: str = Field(min_length=1, max_length=128)
     rate_limit_rpm: int | None = Field(None, ge=1, le=1_000_000)
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is no number
 
     reseed_experts: bool = Field(
         False, description="also replace the stored registry with the file's experts"
     )
+
+
+class RebuildPublic(BaseModel):
+    """A router rebuild: what now serves here, and the rebuild number every replica was told."""
+
+    rebuilt: list[str]
+    generation: int = Field(description="engines this replica has built, this one included")
+    rebuild: int | None = Field(description="the rebuild every replica was told to make")
+    config_version: int | None = Field(description="the stored config version serving")
+    replica: str
+
+    @classmethod
+    def of(cls, done: Swapped, replica: str) -> RebuildPublic:
+        return cls(
+            rebuilt=sorted(done.engine.routers),
+            generation=done.generation,
+            rebuild=done.rebuild,
+            config_version=done.config_version,
+            replica=replica,
+        )
+
+
+class ReloadPublic(BaseModel):
+    """A config reload: the config now stored for (and told to) every replica."""
+
+    pipelines: list[str]
+    routers: list[str]
+    experts: list[str]
+    version: int = Field(description="the expert registry's version")
+    config_version: int | None = Field(description="the stored config version, every replica's")
+    generation: int
+    replica: str
+    source: str
+
+    @classmethod
+    def of(
+        cls, done: Swapped, replica: str, experts: list[str], version: int, source: str
+    ) -> ReloadPublic:
+        return cls(
+            pipelines=list(done.engine.pipelines),
+            routers=sorted(done.engine.routers),
+            experts=experts,
+            version=version,
+            config_version=done.config_version,
+            generation=done.generation,
+            replica=replica,
+            source=source,
+        )

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from coe.dispatch import Answer
 from coe.dispatch.sse import DONE, encode_comment, encode_event
-from coe.errors import CoeError, InvalidRequest, UpstreamError, error_body
+from coe.errors import CoeError, InvalidRequest, UpstreamError
 from coe.gateway.deps import RequestIdDep, RuntimeDep
-from coe.gateway.errors import read_json
+from coe.gateway.errors import client_error, log_failure, read_json
 from coe.observability import Metrics
 from coe.pipeline import Engine, Plan
 from coe.protocol import ChatCompletionRequest
@@ -161,8 +161,8 @@ async def _kept_alive(
         try:
             answer = task.result()
         except CoeError as err:
-            log.warning("request %s: fan-out failed after the stream began: %s", rid, err.message)
-            yield encode_event(err.to_openai())
+            log_failure(err, "fan-out failed after the stream began")
+            yield encode_event(client_error(err, rid))
             return
         relayed = True
         async for piece in _sse(plan, answer, rid, want_usage, metrics):
@@ -193,9 +193,13 @@ async def _sse(
                 if out is not None:
                     yield encode_event(out)
         except UpstreamError as err:
-            log.warning("request %s: stream from %s broke: %s", rid, answer.expert, err.message)
-            message = f"The expert stream broke before it finished: {err.message}"
-            yield encode_event(error_body(message, err.error_type, code="stream_interrupted"))
+            log_failure(err, f"stream from {answer.expert} broke")
+            body = client_error(err, rid)
+            body["error"]["message"] = (
+                f"The expert stream broke before it finished: {body['error']['message']}"
+            )
+            body["error"]["code"] = "stream_interrupted"
+            yield encode_event(body)
             return
         yield encode_event(DONE)
     finally:

@@ -1,4 +1,8 @@
-"""The one place exceptions become OpenAI-shaped error responses."""
+"""The one place exceptions become OpenAI-shaped error responses.
+
+An expert's failure reaches the client as the expert, the kind of failure and the request id;
+the details (URLs, upstream bodies) go to the log at WARNING under that request id.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from coe.errors import (
     PayloadTooLarge,
     RateLimited,
     Unauthorized,
+    UpstreamError,
     error_body,
 )
+from coe.observability.logs import current_request_id
 from coe.protocol import validation_message
 
 log = logging.getLogger(__name__)
@@ -61,17 +67,35 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
     return data
 
 
+def client_error(err: CoeError, request_id: str | None = None) -> dict[str, Any]:
+    """The OpenAI error body a client gets for `err`: an expert's failure also names the
+    request id, so a user can quote it and an operator find the details in the log."""
+    body = err.to_openai()
+    rid = request_id or current_request_id()
+    if isinstance(err, UpstreamError) and rid:
+        body["error"]["message"] = f"{err.message} (request id {rid})"
+    return body
+
+
+def log_failure(err: CoeError, what: str = "request failed") -> None:
+    """What the client was not told, at WARNING (the request id rides on the record)."""
+    if isinstance(err, UpstreamError):
+        log.warning("%s: %s: %s", what, type(err).__name__, err.detail)
+    elif err.status_code >= 500:
+        log.warning("%s: %s: %s", what, type(err).__name__, err.message)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CoeError)
     async def _coe(request: Request, err: CoeError) -> JSONResponse:
-        if err.status_code >= 500:
-            log.warning("request failed: %s: %s", type(err).__name__, err.message)
+        log_failure(err)
+        rid = getattr(request.state, "request_id", None)
         headers = {}
         if isinstance(err, RateLimited):
             headers["retry-after"] = str(err.retry_after_s)
         elif isinstance(err, Unauthorized):
             headers["www-authenticate"] = "Bearer"
-        return JSONResponse(err.to_openai(), status_code=err.status_code, headers=headers)
+        return JSONResponse(client_error(err, rid), status_code=err.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, err: RequestValidationError) -> JSONResponse:

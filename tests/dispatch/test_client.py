@@ -131,6 +131,28 @@ async def test_client_error_is_not_retried(
     assert ups[2].state.requests == 0  # another expert would reject the same request
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_rejected_credentials_skip_the_replicas_but_not_the_next_expert(
+    client: ExpertClient, ups: list[InProcessUpstream], stream: bool
+) -> None:
+    ups[0].fault = Fault(mode="status", status=401)
+    ups[1].fault = Fault(mode="status", status=401)
+    experts = {
+        "a": expert("a", ups[0].base_url, ups[1].base_url),  # both replicas hold the same key
+        "b": expert("b", ups[2].base_url),
+    }
+    if stream:
+        answer = await stream_ranked(client, ["a", "b"], experts, BODY)
+        await answer.aclose()
+    else:
+        answer = await complete_ranked(client, ["a", "b"], experts, BODY)
+    assert answer.expert == "b"
+    assert ups[0].state.requests + ups[1].state.requests == 1
+    [failure] = answer.failures
+    assert failure.kind == "expert_auth_failed" and failure.status == 502
+    assert "rejected the gateway's credentials" in failure.error
+
+
 async def test_concurrency_limit(client: ExpertClient, ups: list[InProcessUpstream]) -> None:
     ups[0].fault = Fault(mode="ok", delay_s=0.1)
     e = expert("a", ups[0].base_url, limits={"max_concurrency": 2})

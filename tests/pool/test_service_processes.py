@@ -100,7 +100,8 @@ def test_a_pool_service_restart_fails_over_clearly_and_recovers(
             r = g2.post("/v1/chat/completions", json=ask("e-a"))
             assert r.status_code == 502, r.text
             error = r.json()["error"]
-            assert "e-a" in error["message"] and "ConnectError" in error["message"], error
+            assert "e-a" in error["message"] and "unreachable" in error["message"], error
+            assert error["code"] == "expert_unreachable", error
             assert time.monotonic() - started < 10
             # Both gateways stop offering it once they see the service gone.
             eventually(lambda: routed(g1) == routed(g2) == ["plain"], 5, "routed around")
