@@ -14,10 +14,12 @@ from coe.aggregation import Aggregation, ExpertAnswer
 from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
 from coe.errors import (
     CoeError,
+    ConfigError,
     InvalidRequest,
     ModelNotFound,
     NotFound,
     RoutingError,
+    StoreUnavailable,
     UpstreamError,
 )
 from coe.experts.registry import ExpertRegistry
@@ -34,6 +36,9 @@ MODEL_PREFIX = "coe/"
 AUTO = "coe/auto"
 DEFAULT_PIPELINE = PipelineSpec(routers=["default"])
 BATCH = "batch"  # offline work: pool services keep it grouped by expert
+# What a router may fail with when the store or an LLM it calls fails: the pipeline moves on
+# to its next router (the failure is the reason). Anything else is a bug and surfaces.
+ROUTER_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailable, UpstreamError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,10 @@ class Engine:
         spec = self.pipelines[target.pipeline]
         tried: list[str] = []
         for router_name in spec.routers:
-            decision = await self.routers[router_name].route(query, ctx)
+            try:
+                decision = await self.routers[router_name].route(query, ctx)
+            except ROUTER_OUTAGES as err:
+                decision = _failed(router_name, err)
             final = _settle(decision, router_name, spec, ctx.experts, tried)
             if final is not None:
                 return final
@@ -163,9 +171,12 @@ class Engine:
         for router_name in spec.routers:
             if not pending:
                 break
-            decisions = await self.routers[router_name].route_batch(
-                [queries[i] for i in pending], ctx
-            )
+            try:
+                decisions = await self.routers[router_name].route_batch(
+                    [queries[i] for i in pending], ctx
+                )
+            except ROUTER_OUTAGES as err:
+                decisions = [_failed(router_name, err)] * len(pending)
             still = []
             for i, decision in zip(pending, decisions, strict=True):
                 final = _settle(decision, router_name, spec, ctx.experts, tried[i])
@@ -293,6 +304,15 @@ def _direct(expert: str) -> RouteDecision:
     )
 
 
+def _failed(router_name: str, err: BaseException) -> RouteDecision:
+    """A router that failed on an outage, as an abstention that says why."""
+    why = err.message if isinstance(err, CoeError) else (str(err) or "timed out")
+    log.warning("router %s failed, the pipeline moves on: %s", router_name, why)
+    return RouteDecision.abstain(
+        router_name, f"failed ({type(err).__name__}: {why})", error=type(err).__name__
+    )
+
+
 def _settle(
     decision: RouteDecision,
     router_name: str,
@@ -310,7 +330,7 @@ def _settle(
         tried.append(f"{router_name}: none of its candidates is registered")
         return None
     if tried:
-        live = _with_note(live, "fell back after " + "; ".join(tried))
+        live = _with_note(live, "fell back after " + "; ".join(tried), tried)
     if spec.dynamic_k is not None:
         return dynamic_k(live, spec.dynamic_k.tau, spec.dynamic_k.max_k)
     # A pipeline's explicit k wins; otherwise a router may recruit several experts.
@@ -338,14 +358,14 @@ def _live_only(decision: RouteDecision, experts: Mapping[str, ExpertSpec]) -> Ro
     )
 
 
-def _with_note(decision: RouteDecision, note: str) -> RouteDecision:
+def _with_note(decision: RouteDecision, note: str, tried: list[str]) -> RouteDecision:
     return RouteDecision(
         candidates=decision.candidates,
         router=decision.router,
         reason=f"{decision.reason} ({note})",
         k=decision.k,
         category=decision.category,
-        details=decision.details,
+        details={**decision.details, "abstained": list(tried)},
     )
 
 
@@ -357,14 +377,28 @@ async def build_engine(
     base_dir: Path,
     encoders: Any = None,
 ) -> Engine:
-    """Load router plug-ins, build every configured router once, and set them up."""
+    """Load router plug-ins, build every configured router and set it up: a complete engine
+    or an error naming the router that failed (nothing half built is ever returned)."""
     plugins = RouterRegistry.load(config.routers_dirs, base_dir)
     engine = Engine(config, registry, client, {})
     deps = RouterDeps(
         config=config, store=store, base_dir=base_dir, chat=engine.chat_text, encoders=encoders
     )
     for name, (type_name, params) in router_specs(config).items():
-        router = plugins.build(name, type_name, params, deps)
-        await router.setup()
+        try:
+            router = plugins.build(name, type_name, params, deps)
+            await router.setup()
+        except Exception as err:  # re-raised, naming the router; the traceback is kept
+            raise _not_built(name, type_name, err) from err
         engine.routers[name] = router
     return engine
+
+
+def _not_built(name: str, type_name: str, err: Exception) -> CoeError:
+    what = f"router {name!r} ({type_name}) could not be built"
+    if isinstance(err, StoreUnavailable):
+        return StoreUnavailable(f"{what}: {err.message}")
+    if isinstance(err, CoeError):
+        return ConfigError(f"{what}: {err.message}")
+    log.error("%s", what, exc_info=err)
+    return ConfigError(f"{what}: {type(err).__name__}: {err}")

@@ -22,13 +22,14 @@ from coe.batch import BatchJobs, BatchWorker
 from coe.config import Settings
 from coe.dispatch import ExpertClient
 from coe.dispatch.liveness import PoolStates
-from coe.errors import ConfigError
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
 from coe.observability import Metrics
 from coe.pipeline import Engine, build_engine
+from coe.routing.live import LiveRouting, Swapped, startup_config
+from coe.routing.shared_config import describe_source
 from coe.security import ApiKeyStore
-from coe.store import keys, open_store
+from coe.store import RedisOptions, keys, open_store
 from coe.store.base import Store
 from coe.store.watch import follow_channel, poll
 
@@ -38,12 +39,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
-    config: CoeConfig
     store: Store
     registry: ExpertRegistry
     http: httpx.AsyncClient
     client: ExpertClient
-    engine: Engine
+    routing: LiveRouting  # the engine serving now; replaced whole by reloads and rebuilds
     metrics: Metrics
     api_keys: ApiKeyStore
     admin_token: str
@@ -55,31 +55,18 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
+    @property
+    def engine(self) -> Engine:
+        return self.routing.engine
+
+    @property
+    def config(self) -> CoeConfig:
+        return self.routing.engine.config
+
     def start_background(self) -> None:
-        """Follow registry, key and config notices from other replicas (and poll as a net)."""
-
-        async def on_registry(_: str) -> None:
-            if await self.registry.refresh():
-                self.metrics.registry_version.set(self.registry.version)
-
-        async def on_keys(_: str) -> None:
-            await self.api_keys.refresh()
-
-        async def on_reload(sender: str) -> None:
-            if sender == self.replica_id:  # this replica reloaded before it told the others
-                return
-            try:
-                await self.reload_config()
-            except ConfigError as err:  # the previous config keeps serving
-                log.error("config reload refused: %s", err.message)
-
-        every = self.settings.registry_poll_s
-        self.tasks += [
-            asyncio.create_task(follow_channel(self.store, keys.EXPERTS_CHANNEL, on_registry)),
-            asyncio.create_task(follow_channel(self.store, keys.API_KEYS_CHANNEL, on_keys)),
-            asyncio.create_task(follow_channel(self.store, keys.CONFIG_RELOAD_CHANNEL, on_reload)),
-            asyncio.create_task(poll(every, lambda: on_registry(""), "registry")),
-        ]
+        """A gateway's background work: follow the other replicas' changes and, without
+        Redis (or when asked), run a batch worker in this process."""
+        self.follow_changes()
         in_process = self.settings.batch_worker
         if in_process is None:
             in_process = self.settings.redis_url is None  # nobody else would run the jobs
@@ -90,15 +77,41 @@ class Runtime:
                 asyncio.create_task(supervise("batch worker", lambda: worker.run(stop)))
             )
 
-    async def reload_config(self) -> Engine:
-        """Re-read experts.yaml and rebuild the routers; the old engine serves until then."""
-        config = await asyncio.to_thread(load_config, self.settings.experts_file)
-        engine = await build_engine(
-            config, self.registry, self.client, self.store, self.base_dir, encoders=self.encoders
-        )
-        self.config, self.engine = config, engine
-        log.info("routing config reloaded from %s", self.settings.experts_file)
-        return engine
+    def follow_changes(self) -> None:
+        """Follow registry, key, config and rebuild notices from other replicas (and poll as
+        a net for notices lost while the store was unreachable); gateways and workers both."""
+
+        async def on_registry(_: str) -> None:
+            if await self.registry.refresh():
+                self.metrics.registry_version.set(self.registry.version)
+            self.client.retain(self.registry.snapshot())  # removed experts' slots go
+
+        async def on_keys(_: str) -> None:
+            await self.api_keys.refresh()
+
+        routing = self.routing
+        every = self.settings.registry_poll_s
+        self.tasks += [
+            asyncio.create_task(follow_channel(self.store, keys.EXPERTS_CHANNEL, on_registry)),
+            asyncio.create_task(follow_channel(self.store, keys.API_KEYS_CHANNEL, on_keys)),
+            asyncio.create_task(
+                follow_channel(self.store, keys.CONFIG_CHANNEL, routing.follow_stored)
+            ),
+            asyncio.create_task(
+                follow_channel(self.store, keys.ROUTERS_REBUILD_CHANNEL, routing.on_rebuild_notice)
+            ),
+            asyncio.create_task(poll(every, lambda: on_registry(""), "registry")),
+            asyncio.create_task(poll(every, routing.catch_up, "routing config")),
+        ]
+
+    async def reload_config(self) -> Swapped:
+        """Read this replica's experts.yaml, build it aside, swap it in and store it as the
+        config of every replica; the old engine serves until then (and on any failure)."""
+        return await self.routing.reload_from_file(Path(self.settings.experts_file))
+
+    async def rebuild_routers(self) -> Swapped:
+        """Set every router up again from its artefacts, aside, then on every replica."""
+        return await self.routing.rebuild()
 
     async def close(self) -> None:
         """Stop the background work (asked by event first, then cancelled; whatever has not
@@ -183,27 +196,47 @@ async def build_runtime(
     replaces the network for expert calls (in-process tests: `httpx.ASGITransport`)."""
     admin_token = _admin_token(settings) if serve_admin else ""
     config_path = Path(settings.experts_file)
+    given = config is not None
     if config is None:
         config = await asyncio.to_thread(load_config, config_path)
     base_dir = Path(os.path.abspath(config_path)).parent  # noqa: ASYNC240 - start-up only
     metrics = metrics or Metrics()
-    store = open_store(settings.redis_url, prefix=settings.store_prefix)
+    store = open_store(
+        settings.redis_url,
+        prefix=settings.store_prefix,
+        options=RedisOptions.from_settings(settings),
+    )
     http = httpx.AsyncClient(
         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         timeout=httpx.Timeout(settings.request_timeout_s),
         transport=transport,
     )
     pools: PoolStates | None = None
+    replica_id = uuid.uuid4().hex
     try:
+        # The stored config (every replica's) wins over the file; see docs/architecture.md.
+        config, config_version = await startup_config(
+            store,
+            config,
+            describe_source(config_path),
+            replica_id,
+            publish=serve_admin,
+            given=given,
+        )
         registry = ExpertRegistry(store)
         await registry.seed(config)
-        api_keys = ApiKeyStore(store)
+        api_keys = ApiKeyStore(
+            store,
+            cache_size=settings.api_key_cache_size,
+            wipe_grace_s=settings.api_key_wipe_grace_s,
+        )
         await api_keys.refresh()
         pools = PoolStates(http, config)
         await pools.start()
         client = ExpertClient(http, liveness=pools, observer=metrics)
         encoders = _encoder_cache()
         engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
+        rebuilds = await store.get(keys.ROUTERS_REBUILD)
     except BaseException:
         if pools is not None:
             await pools.close()
@@ -211,20 +244,31 @@ async def build_runtime(
         await store.close()
         raise
     metrics.registry_version.set(registry.version)
+    metrics.store_circuit_open.set_function(lambda: float(store.circuit_open()))
     log.info(
         "coe ready: %d experts, pipelines %s, store %s",
         len(registry.snapshot()),
         ", ".join(engine.pipelines),
         "redis" if settings.redis_url else "embedded",
     )
+    routing = LiveRouting(
+        engine,
+        store=store,
+        registry=registry,
+        client=client,
+        base_dir=base_dir,
+        replica_id=replica_id,
+        encoders=encoders,
+        config_version=config_version,
+        rebuild_seen=int(rebuilds or 0),
+    )
     return Runtime(
         settings=settings,
-        config=config,
         store=store,
         registry=registry,
         http=http,
         client=client,
-        engine=engine,
+        routing=routing,
         metrics=metrics,
         api_keys=api_keys,
         admin_token=admin_token,
@@ -232,6 +276,7 @@ async def build_runtime(
         batch_jobs=BatchJobs.from_settings(store, settings),
         encoders=encoders,
         pools=pools,
+        replica_id=replica_id,
     )
 
 

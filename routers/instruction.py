@@ -3,6 +3,8 @@
 Each expert carries a one-sentence task instruction (a JSON file from `coe build
 instructions`, the store, or its description); the query's instruction is cached by
 query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cosine).
+When the instruction LLM fails or hangs the router abstains (the pipeline's next router
+answers); when the store is down the cache is skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from ._common import (
     resolve_path,
     softmax,
 )
+from ._llm import (
+    DEFAULT_CACHE_TTL_S,
+    LLM_FAILURES,
+    MAX_CACHE_TTL_S,
+    abstain_llm_failed,
+    cache_get,
+    cache_put,
+)
 
 QUERY_PROMPT = (
     "Write one sentence that describes the task the following request asks for, starting "
@@ -41,7 +51,12 @@ class InstructionParams(BaseModel):
     alpha: float = Field(20.0, gt=0, description="softmax(alpha·cosine)")
     max_tokens: int = Field(32, ge=4, le=256)
     temperature: float = Field(0.0, ge=0, le=2)
-    cache_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
+    cache_ttl_s: float = Field(
+        DEFAULT_CACHE_TTL_S, gt=0, le=MAX_CACHE_TTL_S, description="cached instructions expire"
+    )
+    llm_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="abstain when the instruction LLM takes longer"
+    )
     encoder: str | None = None
 
 
@@ -92,25 +107,46 @@ class InstructionRouter(Router):
         p = self.params
         assert p.instruction_expert is not None and self.deps.chat is not None
         key = keys.instruction_cache(text_hash(f"{p.instruction_expert}\n{query}"))
-        cached = await self.deps.store.get(key)
+        cached = await cache_get(self.deps.store, key)
         if cached is not None:
             return cached
         messages = [{"role": "user", "content": QUERY_PROMPT.format(query=query[:2000])}]
-        text = await self.deps.chat(
-            p.instruction_expert, messages, temperature=p.temperature, max_tokens=p.max_tokens
-        )
+        async with asyncio.timeout(p.llm_timeout_s):
+            text = await self.deps.chat(
+                p.instruction_expert, messages, temperature=p.temperature, max_tokens=p.max_tokens
+            )
         text = " ".join(text.split()) or query
-        await self.deps.store.set(key, text, ttl_s=p.cache_ttl_s)
+        await cache_put(self.deps.store, key, text, p.cache_ttl_s)
         return text
 
     async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
         return (await self.route_batch([query], ctx))[0]
 
     async def route_batch(self, queries: Sequence[str], ctx: RouteContext) -> list[RouteDecision]:
-        use_llm = self.params.instruction_expert is not None and self.deps.chat is not None
-        texts = [await self.instruction(q) for q in queries] if use_llm else list(queries)
-        vecs = await encoders_of(self.deps).encode(texts, self.params.encoder)
-        return self.decide(vecs, ctx, texts if use_llm else None)
+        p = self.params
+        if p.instruction_expert is None or self.deps.chat is None:
+            vecs = await encoders_of(self.deps).encode(list(queries), p.encoder)
+            return self.decide(vecs, ctx, None)
+        texts: dict[int, str] = {}
+        failed: dict[int, RouteDecision] = {}
+        down: RouteDecision | None = None  # once the LLM failed, the rest of a batch abstains
+        for i, query in enumerate(queries):
+            if down is not None:
+                failed[i] = down
+                continue
+            try:
+                texts[i] = await self.instruction(query)
+            except LLM_FAILURES as err:
+                down = failed[i] = abstain_llm_failed(
+                    self.name, "instruction LLM", p.instruction_expert, p.llm_timeout_s, err
+                )
+        written = list(texts.values())
+        decided = iter(
+            self.decide(await encoders_of(self.deps).encode(written, p.encoder), ctx, written)
+            if written
+            else []
+        )
+        return [failed[i] if i in failed else next(decided) for i in range(len(queries))]
 
     def decide(
         self, vecs: np.ndarray, ctx: RouteContext, instructions: Sequence[str] | None = None

@@ -3,6 +3,8 @@
 Skills come from a keyword LLM (sampled, recurring keywords kept, mapped to the profile
 vocabulary by embedding) or, without one, from embedding similarity to the vocabulary.
 Weight w_m = S(m, q) · gamma_m with gamma the sharpened global competence (DESIGN.md §3).
+When the keyword LLM fails or hangs the router abstains (the pipeline's next router answers);
+when the store is down the keyword cache is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ from coe.store import keys
 from ._common import (
     encoders_of,
     resolve_path,
+)
+from ._llm import (
+    DEFAULT_CACHE_TTL_S,
+    LLM_FAILURES,
+    MAX_CACHE_TTL_S,
+    abstain_llm_failed,
+    cache_get,
+    cache_put,
 )
 
 KEYWORD_PROMPT = (
@@ -50,7 +60,12 @@ class SkillsParams(BaseModel):
     k: int = Field(3, ge=1, le=16)
     select: Literal["top", "sample"] = "top"
     seed: int | None = None
-    cache_ttl_s: float | None = Field(7 * 24 * 3600.0, gt=0)
+    cache_ttl_s: float = Field(
+        DEFAULT_CACHE_TTL_S, gt=0, le=MAX_CACHE_TTL_S, description="cached keywords expire"
+    )
+    llm_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="abstain when the keyword LLM takes longer (all samples)"
+    )
     encoder: str | None = None
 
 
@@ -145,19 +160,20 @@ class SkillsRouter(Router):
         p = self.params
         assert p.keyword_expert is not None and self.deps.chat is not None
         key = keys.keywords_cache(text_hash(f"{p.keyword_expert}\n{query}"))
-        cached = await self.deps.store.get(key)
+        cached = await cache_get(self.deps.store, key)
         if cached is not None:
             return list(json.loads(cached))
         counts: Counter[str] = Counter()
         messages = [{"role": "user", "content": KEYWORD_PROMPT.format(query=query[:2000])}]
-        for _ in range(p.samples):
-            text = await self.deps.chat(
-                p.keyword_expert, messages, temperature=p.temperature, max_tokens=p.max_tokens
-            )
-            counts.update(parse_keywords(text, p.max_words))
+        async with asyncio.timeout(p.llm_timeout_s):
+            for _ in range(p.samples):
+                text = await self.deps.chat(
+                    p.keyword_expert, messages, temperature=p.temperature, max_tokens=p.max_tokens
+                )
+                counts.update(parse_keywords(text, p.max_words))
         need = min(p.min_count, p.samples)
         kept = [kw for kw, n in counts.most_common() if n >= need][:5]
-        await self.deps.store.set(key, json.dumps(kept), ttl_s=p.cache_ttl_s)
+        await cache_put(self.deps.store, key, json.dumps(kept), p.cache_ttl_s)
         return kept
 
     def tag(self, q: np.ndarray) -> list[list[str]]:
@@ -189,9 +205,22 @@ class SkillsRouter(Router):
         if not use_llm:
             return self.decide(q, self.tag(q), ctx, "embedding", [None] * len(queries))
         fallback = self.tag(q)
-        out = []
+        out: list[RouteDecision] = []
+        down: RouteDecision | None = None  # once the LLM failed, the rest of a batch abstains
         for i, query in enumerate(queries):
-            words = await self.keywords(query)
+            if down is not None:
+                out.append(down)
+                continue
+            try:
+                words = await self.keywords(query)
+            except LLM_FAILURES as err:
+                p = self.params
+                assert p.keyword_expert is not None
+                down = abstain_llm_failed(
+                    self.name, "keyword LLM", p.keyword_expert, p.llm_timeout_s, err
+                )
+                out.append(down)
+                continue
             mapped = await self.map_keywords(words)
             if mapped:
                 out += self.decide(q[i : i + 1], [mapped], ctx, "llm", [words])

@@ -31,12 +31,20 @@ def _serve(settings: Settings, app: Any) -> None:
 
 @click.command()
 @gateway_options
-def serve(**options: Any) -> None:
+@click.option(
+    "--config-from-file",
+    is_flag=True,
+    help="serve this replica's experts.yaml and store it as every replica's routing config "
+    "(default: the stored config wins when there is one)",
+)
+def serve(config_from_file: bool, **options: Any) -> None:
     """Run the gateway (the experts must already be running)."""
+    from coe.experts.schema import load_config
     from coe.gateway import create_app
 
     settings = settings_from(**options)
-    _serve(settings, create_app(settings))
+    given = load_config(settings.experts_file) if config_from_file else None
+    _serve(settings, create_app(settings, given))
 
 
 @click.command()
