@@ -204,7 +204,8 @@ async def _run_local(settings: Settings, file: Path, output: Path, workers: int)
     "--metrics-port",
     type=int,
     default=None,
-    help="serve this worker's Prometheus metrics (lines, expert calls) on this port",
+    help="serve this worker's Prometheus metrics (lines, expert calls) on this port; "
+    "with COE_METRICS_TOKEN set, scrapers must send it as a bearer token",
 )
 def worker_command(
     config: str | None,
@@ -228,17 +229,25 @@ def worker_command(
             "for one machine without Redis use `coe batch run`"
         )
     configure_logging(settings.log_level, json_lines=settings.log_json)
-    asyncio.run(_work(settings, name, concurrency, metrics_port))
+    from coe.observability.metrics import checked_metrics_token
+
+    token = checked_metrics_token(settings)  # a weak token stops the worker before it starts
+    asyncio.run(_work(settings, name, concurrency, metrics_port, token))
 
 
 async def _work(
-    settings: Settings, name: str | None, concurrency: int, metrics_port: int | None
+    settings: Settings,
+    name: str | None,
+    concurrency: int,
+    metrics_port: int | None,
+    metrics_token: str | None,
 ) -> None:
     from coe.runtime import batch_worker, build_runtime
 
     runtime = await build_runtime(settings, serve_admin=False)
+    runtime.follow_changes()  # experts registered and configs reloaded after it started
     if metrics_port is not None:
-        runtime.metrics.serve(metrics_port, settings.host)
+        runtime.metrics.serve(metrics_port, settings.host, metrics_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

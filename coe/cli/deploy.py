@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import yaml
 
@@ -29,12 +31,14 @@ deploy_group = click.Group("deploy", help="Deployment files: docker compose.")
     help=f"a compose-flavoured experts file (repeatable) [default: {', '.join(DEFAULT_CONFIGS)}]",
 )
 def check_compose_command(compose_path: str, configs: tuple[str, ...]) -> None:
-    """Exit non-zero, listing each mismatch, when the experts files and compose disagree."""
+    """Exit non-zero, listing each mismatch, when the experts files and compose disagree,
+    or when the gateway would be published on every interface without API keys or a
+    metrics token (variables are read from this shell, as compose reads them)."""
     from coe.deploy.compose import check_files
     from coe.deploy.services import load_compose
 
     paths = configs or DEFAULT_CONFIGS
-    problems = check_files(paths, load_compose(compose_path))
+    problems = check_files(paths, load_compose(compose_path), dict(os.environ))
     if problems:
         for problem in problems:
             click.echo(f"mismatch: {problem}", err=True)

@@ -34,6 +34,7 @@ def serve(config: str | None, host: str | None, port: int | None, pools: tuple[s
 
     from coe.experts.schema import load_config
     from coe.observability import configure_logging
+    from coe.observability.metrics import checked_metrics_token
     from coe.pool.service import create_pool_app
 
     settings = settings_from(config=config, host=host)
@@ -41,7 +42,8 @@ def serve(config: str | None, host: str | None, port: int | None, pools: tuple[s
     cfg = load_config(settings.experts_file)
     names = list(pools) or None
     base_dir = Path(os.path.abspath(settings.experts_file)).parent
-    app = create_pool_app(cfg, names, base_dir=base_dir)
+    token = checked_metrics_token(settings)
+    app = create_pool_app(cfg, names, base_dir=base_dir, metrics_token=token)
     uvicorn.run(
         app,
         host=settings.host,

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from coe.deploy.exposure import check_exposure
 from coe.deploy.pools import (
     Upstream,
     check_direct_calls,
@@ -108,10 +109,15 @@ def driven_servers(
     return out
 
 
-def check_compose(configs: Mapping[str, CoeConfig], compose: Mapping[str, Any]) -> list[str]:
+def check_compose(
+    configs: Mapping[str, CoeConfig],
+    compose: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+) -> list[str]:
     """Every experts file against docker-compose.yml, plus what holds across them all.
 
-    configs maps a file name (used in messages) to its parsed config.
+    configs maps a file name (used in messages) to its parsed config; `env` holds the
+    variables compose would interpolate (default: none, so the file's defaults count).
     """
     services = parse_services(compose)
     problems: list[str] = []
@@ -132,6 +138,7 @@ def check_compose(configs: Mapping[str, CoeConfig], compose: Mapping[str, Any]) 
             )
     problems.extend(_check_idle_pool_services(configs, services))
     problems.extend(_check_shared_store(services))
+    problems.extend(check_exposure(compose, env))
     return list(dict.fromkeys(problems))
 
 
@@ -170,7 +177,9 @@ def _check_shared_store(services: Mapping[str, ComposeService]) -> list[str]:
     return problems
 
 
-def check_files(paths: Sequence[Path | str], compose: Mapping[str, Any]) -> list[str]:
+def check_files(
+    paths: Sequence[Path | str], compose: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> list[str]:
     """check_compose over experts files read from disk. A file written before pool services
     (a pool without `service`, pooled experts calling their vLLM servers) is explained in
     compose terms instead of failing on the schema; a file wrong otherwise raises."""
@@ -190,4 +199,4 @@ def check_files(paths: Sequence[Path | str], compose: Mapping[str, Any]) -> list
                 raise
             outdated += found
     # Checked against the others, an outdated file's servers would look unused: fix it first.
-    return outdated or check_compose(configs, compose)
+    return outdated or check_compose(configs, compose, env)

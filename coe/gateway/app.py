@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 
 from coe import __version__
 from coe.config import Settings
@@ -18,6 +18,7 @@ from coe.gateway.errors import install_error_handlers
 from coe.gateway.middleware import RequestContext
 from coe.gateway.openapi import install_openapi
 from coe.observability import Metrics
+from coe.observability.metrics import check_scrape, checked_metrics_token
 from coe.runtime import build_runtime
 
 
@@ -31,6 +32,7 @@ def create_app(
     (expert calls go to ASGI apps instead of sockets)."""
     settings = settings or Settings()
     settings.checked_admin_token()  # refuse a placeholder token before anything starts
+    metrics_token = checked_metrics_token(settings)
     metrics = Metrics()
 
     @asynccontextmanager
@@ -67,7 +69,8 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    async def prometheus(runtime: RuntimeDep) -> Response:
+    async def prometheus(request: Request, runtime: RuntimeDep) -> Response:
+        check_scrape(request.headers.get("authorization"), metrics_token)
         return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app

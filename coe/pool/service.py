@@ -39,6 +39,7 @@ from coe.errors import (
     error_body,
 )
 from coe.experts.schema import CoeConfig, ExpertSpec
+from coe.observability.metrics import check_scrape
 from coe.observability.pool_collector import PoolCollector
 from coe.pool.metrics import PoolMetrics
 from coe.pool.pool import Priority
@@ -104,9 +105,11 @@ def create_pool_app(
     transport: httpx.AsyncBaseTransport | None = None,
     base_dir: Path | None = None,
     controllers: ControllerRegistry | None = None,
+    metrics_token: str | None = None,
 ) -> FastAPI:
     """The service of `pools` (default: every pool in `config`), its controllers and servers
-    reached through `transport` (tests) or the network. Pools start with the app's lifespan."""
+    reached through `transport` (tests) or the network. Pools start with the app's lifespan.
+    `metrics_token` (COE_METRICS_TOKEN) guards /metrics as it does the gateway's."""
     # Calls wait in the pool's queues, not for a connection: no cap on connections here.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     http = httpx.AsyncClient(transport=transport, limits=limits)
@@ -224,7 +227,8 @@ def create_pool_app(
         return {"status": "ok"}
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        check_scrape(request.headers.get("authorization"), metrics_token)
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     return app
