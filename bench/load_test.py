@@ -3,7 +3,11 @@
 Three fast test upstreams (separate processes) back three experts; two of them
 answer 5xx to a share of requests, so the gateway must retry and fall back.
 Open-loop: requests are sent on schedule whatever the latency. Loopback only,
-bounded by --rate times --seconds. Reports sent, answered, errors, lost, p50/p99.
+bounded by --rate times --seconds. Every request carries a unique id (the
+x-request-id header, echoed by the gateway, and the prompt, echoed by the expert), and
+the books are kept per id: sent, answered (any status), dropped (no response), still
+unanswered when the run ends, mixed up (a reply that was not to this request). Lost is
+the sent ids with no answer; it exits 1 when any is lost or mixed up. Also p50/p99.
 
     .venv/bin/python bench/load_test.py [--rate 300] [--seconds 60]
 """
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -35,24 +40,52 @@ FAULTS = [  # (expert, share of requests answered with 500)
 ]
 
 
-async def run_load(url: str, rate: float, seconds: float, timeout_s: float) -> dict[str, object]:
-    body = {"model": "coe/auto", "messages": [{"role": "user", "content": "load"}], "max_tokens": 8}
-    statuses: Counter[str] = Counter()
+def _content(reply: httpx.Response) -> str:
+    try:
+        return str(reply.json()["choices"][0]["message"]["content"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+async def run_load(
+    url: str, rate: float, seconds: float, timeout_s: float, drain_s: float
+) -> dict[str, object]:
+    """Every request carries its own id (header and prompt); the books are kept per id:
+    sent, answered with a status (the id echoed back), dropped (no response: a transport
+    error), or unanswered when the run ends. Lost = sent ids with no answer."""
+    run = uuid.uuid4().hex[:8]
+    sent: set[str] = set()
+    answered: dict[str, int] = {}  # id -> status, for replies that echoed this request's id
+    dropped: dict[str, str] = {}  # id -> transport error
+    mixed_up: list[str] = []  # ids whose reply did not belong to them
     latencies: list[float] = []
     answered_by: Counter[str] = Counter()
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
     async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
 
-        async def one() -> None:
+        async def one(rid: str) -> None:
+            body = {
+                "model": "coe/auto",
+                "messages": [{"role": "user", "content": f"load {rid}"}],
+                "max_tokens": 8,
+            }
             t0 = time.perf_counter()
+            sent.add(rid)
             try:
-                r = await client.post(url, json=body)
+                r = await client.post(url, json=body, headers={"x-request-id": rid})
             except httpx.HTTPError as err:
-                statuses[type(err).__name__] += 1
+                dropped[rid] = type(err).__name__
                 return
             latencies.append(time.perf_counter() - t0)
-            statuses[str(r.status_code)] += 1
+            echoed = r.headers.get("x-request-id", "")
+            if echoed != rid:
+                mixed_up.append(rid)
+                return
+            answered[rid] = r.status_code
             if r.status_code == 200:
+                # the fake expert echoes the prompt: the answer must be to this request
+                if not _content(r).endswith(f"load {rid}"):
+                    mixed_up.append(rid)
                 answered_by[r.headers.get("x-coe-expert", "?")] += 1
 
         total = int(rate * seconds)
@@ -62,18 +95,28 @@ async def run_load(url: str, rate: float, seconds: float, timeout_s: float) -> d
             delay = started + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
+            tasks.append(asyncio.create_task(one(f"load-{run}-{i}")))
         send_wall = time.perf_counter() - started
-        await asyncio.gather(*tasks)
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s + drain_s)
+        for task in pending:  # the run is over: whatever has no answer now never got one
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         wall = time.perf_counter() - started
     latencies.sort()
-    answered = statuses.get("200", 0)
-    seen = sum(statuses.values())
+    lost = sent - set(answered)
+    unanswered = lost - set(dropped) - set(mixed_up)
+    statuses = Counter(str(code) for code in answered.values())
+    statuses.update(dropped.values())
+    ok = sum(1 for code in answered.values() if code == 200)
     return {
-        "sent": total,
-        "answered": answered,
-        "errors": seen - answered,
-        "lost": total - seen,
+        "scheduled": total,
+        "sent": len(sent),
+        "answered": ok,
+        "errors": len(answered) - ok,
+        "dropped": len(dropped),
+        "unanswered": len(unanswered),
+        "mixed_up": len(mixed_up),
+        "lost": len(lost),
         "statuses": dict(statuses),
         "answered_by": dict(answered_by),
         "achieved_rps": total / send_wall,
@@ -89,6 +132,10 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=300)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--timeout", type=float, default=30, help="per request, seconds")
+    parser.add_argument(
+        "--drain", type=float, default=5, help="after the last send and a timeout, seconds"
+    )
     args = parser.parse_args()
     if args.rate * args.seconds > 100_000:
         parser.error("bounded: at most 100,000 requests")
@@ -153,7 +200,8 @@ def main() -> None:
                     f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                     args.rate,
                     args.seconds,
-                    timeout_s=30,
+                    timeout_s=args.timeout,
+                    drain_s=args.drain,
                 )
             )
             metrics = httpx.get(f"http://127.0.0.1:{gw_port}/metrics").text
@@ -171,13 +219,13 @@ def main() -> None:
         f"load test: {args.rate:.0f} req/s for {args.seconds:.0f} s through coe/auto, "
         f"faults {', '.join(f'{n} {s:.0%} 5xx' for n, s in FAULTS)}; {os.cpu_count()} CPUs"
     )
-    for key in ("sent", "answered", "errors", "lost"):
-        print(f"  {key:<10}{result[key]}")
+    for key in ("sent", "answered", "errors", "dropped", "unanswered", "mixed_up", "lost"):
+        print(f"  {key:<11}{result[key]}")
     print(f"  rate      {result['achieved_rps']:.1f} req/s sent; wall {result['wall_s']:.1f} s")
     print(f"  latency   p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
     print(f"  statuses  {result['statuses']}")
     print(f"  answered by {result['answered_by']}; fallbacks counted {fallbacks:.0f}")
-    if result["lost"]:
+    if result["lost"] or result["mixed_up"] or result["sent"] != result["scheduled"]:
         sys.exit(1)
 
 

@@ -43,6 +43,7 @@ class UpstreamState:
     max_inflight: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
     keep_bodies: int = 50
+    reply: str | None = None  # a fixed answer to every request, instead of the echo
 
     def next_fault(self) -> Fault:
         self.requests += 1
@@ -59,6 +60,8 @@ class UpstreamState:
 
 
 def _reply_text(state: UpstreamState, body: dict[str, Any]) -> str:
+    if state.reply is not None:
+        return state.reply
     messages = body.get("messages") or []
     last: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     content = last.get("content")

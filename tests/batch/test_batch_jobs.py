@@ -103,6 +103,16 @@ class Deployment:
         assert r.status_code == 200
         return [json.loads(line) for line in r.text.splitlines()]
 
+    def download(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """The result lines as a user downloads them: the output file, then the error file."""
+        lines: list[dict[str, Any]] = []
+        for field in ("output_file_id", "error_file_id"):
+            if job.get(field):
+                r = self.http.get(f"/v1/files/{job[field]}/content")
+                assert r.status_code == 200, r.text
+                lines += [json.loads(line) for line in r.text.splitlines()]
+        return lines
+
     def close(self) -> None:
         for p in self.workers.values():
             if p.poll() is None:
@@ -129,6 +139,8 @@ def fake_config(urls: list[str]) -> dict[str, Any]:
 @pytest.fixture
 def upstreams() -> Iterator[list[FakeUpstream]]:
     ups = [FakeUpstream(f"u{i}").start() for i in range(2)]
+    for u in ups:
+        u.state.keep_bodies = 10_000  # every body: they tell how often each line was asked
     yield ups
     for u in ups:
         u.stop()
@@ -141,10 +153,49 @@ def deploy(tmp_path: Path, upstreams: list[FakeUpstream]) -> Iterator[Deployment
     d.close()
 
 
-def assert_exactly_once(results: list[dict[str, Any]], n: int) -> None:
+def reply(expert: str, question: str) -> str:
+    """What the fake upstream behind expert e<i> (named u<i>) answers to `question`."""
+    return f"[u{expert.removeprefix('e')}] {question}"
+
+
+def assert_exactly_once(
+    results: list[dict[str, Any]], lines: list[dict[str, Any]], ok: bool = True
+) -> None:
+    """Every line's custom id once, and each successful result the answer to its own line."""
+    questions = {ln["custom_id"]: ln["body"]["messages"][-1]["content"] for ln in lines}
     ids = Counter(r["custom_id"] for r in results)
-    assert len(results) == n, f"{len(results)} results for {n} lines"
-    assert set(ids.values()) == {1}, [k for k, v in ids.items() if v > 1]
+    want = Counter(ln["custom_id"] for ln in lines)
+    assert len(results) == len(lines), f"{len(results)} results for {len(lines)} lines"
+    assert ids == want, {"extra": ids - want, "missing": want - ids}
+    for r in results:
+        if r["error"] is not None:
+            assert not ok, r
+            continue
+        question = questions[r["custom_id"]]
+        body = r["response"]["body"]
+        coe = body["coe"]
+        for part in coe.get("answers", []):  # each expert's part of a fanned-out line
+            if part["status"] == "ok":
+                assert part["answer"] == reply(part["expert"], question), (r["custom_id"], part)
+        content = body["choices"][0]["message"]["content"]
+        aggregation = coe.get("aggregation") or {}
+        if aggregation.get("aggregator") and not aggregation.get("skipped"):
+            # the aggregator answered a synthesis prompt; the fake echoes its start only
+            assert content.startswith(f"[u{aggregation['aggregator'].removeprefix('e')}] ")
+        else:
+            assert content == reply(coe["expert"], question), (r["custom_id"], content)
+
+
+def asked(upstreams: list[FakeUpstream], lines: list[dict[str, Any]]) -> Counter[str]:
+    """Per custom id: how many times an upstream was sent the line's own question."""
+    by_question = {ln["body"]["messages"][-1]["content"]: ln["custom_id"] for ln in lines}
+    counts: Counter[str] = Counter()
+    for u in upstreams:
+        for body in u.state.bodies:
+            found = by_question.get(body["messages"][-1]["content"])
+            if found is not None:
+                counts[found] += 1
+    return counts
 
 
 def test_bad_lines_become_error_results(deploy: Deployment) -> None:
@@ -164,7 +215,13 @@ def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     )
     job = deploy.wait(deploy.submit(content)["id"])
     results = deploy.results(job["id"])
-    assert_exactly_once([r for r in results if r["custom_id"] != "q0"], 6)
+    downloaded = deploy.download(job)
+    assert sorted(r["id"] for r in downloaded) == sorted(r["id"] for r in results)
+    assert Counter(r["custom_id"] for r in downloaded) == Counter(
+        {"q0": 2, "line-2": 1, "nobody": 1, "q3": 1, "q4": 1, "m": 1, "q7": 1}
+    )
+    answers = [r for r in downloaded if r["error"] is None]
+    assert_exactly_once(answers, [request(0), request(7, model="e1")])
     by_line = {int(r["id"].rsplit("_", 1)[1]): r for r in results}
     assert by_line[0]["response"]["status_code"] == 200
     assert "not valid JSON" in by_line[1]["error"]["message"]
@@ -189,8 +246,9 @@ def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstrea
     deploy.start_worker("w2")
     lines = [request(i, model=f"e{i % 2}") for i in range(60)]
     job = deploy.wait(deploy.submit(jsonl(lines))["id"])
-    results = deploy.results(job["id"])
-    assert_exactly_once(results, 60)
+    results = deploy.download(job)
+    assert_exactly_once(results, lines)
+    assert asked(upstreams, lines) == Counter(ln["custom_id"] for ln in lines)
     assert all(r["response"]["status_code"] == 200 for r in results)
     workers = Counter(r["response"]["body"]["coe"]["worker"] for r in results)
     assert set(workers) == {"w1", "w2"}, workers
@@ -224,10 +282,14 @@ def test_sigkill_mid_job_loses_nothing(deploy: Deployment, upstreams: list[FakeU
     deploy.workers["doomed"].send_signal(signal.SIGKILL)
     deploy.workers["doomed"].wait()
     job = deploy.wait(job_id)
-    results = deploy.results(job_id)
+    results = deploy.download(job)
     assert job["status"] == "completed"
-    assert_exactly_once(results, 80)
-    assert all(r["error"] is None for r in results)
+    assert_exactly_once(results, lines)
+    # only the lines in flight in the dead worker's unit may be asked again
+    calls = asked(upstreams, lines)
+    assert set(calls) == {ln["custom_id"] for ln in lines}
+    assert max(calls.values()) <= 2, calls.most_common(3)
+    assert sum(v - 1 for v in calls.values()) <= 4, calls.most_common(5)  # one unit (chunk)
     assert job["request_counts"] == {"total": 80, "completed": 80, "failed": 0}
 
 
@@ -235,7 +297,8 @@ def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     for u in upstreams:
         u.fault = Fault(delay_s=0.3)
     deploy.start_worker("w1")
-    job_id = deploy.submit(jsonl([request(i) for i in range(40)]))["id"]
+    lines = [request(i) for i in range(40)]
+    job_id = deploy.submit(jsonl(lines))["id"]
     deadline = time.monotonic() + 60  # the worker may take a while to start on a busy machine
     while deploy.http.get(f"/v1/batches/{job_id}").json()["request_counts"]["completed"] == 0:
         assert time.monotonic() < deadline, "no line was answered within 60 s"
@@ -243,11 +306,17 @@ def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     r = deploy.http.post(f"/v1/batches/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelling"
     assert deploy.http.post(f"/v1/batches/{job_id}/cancel").status_code == 409
-    assert deploy.wait(job_id)["status"] == "cancelled"
-    results = deploy.results(job_id)
-    assert_exactly_once(results, 40)
+    job = deploy.wait(job_id)
+    assert job["status"] == "cancelled"
+    results = deploy.download(job)
+    assert_exactly_once(results, lines, ok=False)
     cancelled = [r for r in results if r["error"] and r["error"]["code"] == "batch_cancelled"]
     assert 0 < len(cancelled) < 40
+    assert {r["error"]["code"] for r in results if r["error"]} == {"batch_cancelled"}
+    # every answered line was asked once; a cancelled line was asked at most once (in flight)
+    calls = asked(upstreams, lines)
+    answered = {r["custom_id"] for r in results if r["error"] is None}
+    assert answered <= set(calls) and max(calls.values()) == 1, calls.most_common(3)
 
 
 def test_limits_and_unknown_jobs(deploy: Deployment) -> None:
@@ -275,9 +344,10 @@ def test_k2_lines_run_per_expert_then_aggregate_last(
     try:
         upstreams[0].fault = Fault(mode="status", status=500, times=1)  # one answer is lost
         d.start_worker("w1")
-        job = d.wait(d.submit(jsonl([request(i) for i in range(12)]))["id"])
-        results = d.results(job["id"])
-        assert_exactly_once(results, 12)
+        lines = [request(i) for i in range(12)]
+        job = d.wait(d.submit(jsonl(lines))["id"])
+        results = d.download(job)
+        assert_exactly_once(results, lines)
         assert job["request_counts"] == {"total": 12, "completed": 12, "failed": 0}
         partial = 0
         for r in results:
@@ -295,5 +365,6 @@ def test_k2_lines_run_per_expert_then_aggregate_last(
         # each expert answered every line once, and e1 also aggregated 11 of them
         assert upstreams[0].state.requests == 12
         assert upstreams[1].state.requests == 12 + 11
+        assert asked(upstreams, lines) == Counter({ln["custom_id"]: 2 for ln in lines})
     finally:
         d.close()

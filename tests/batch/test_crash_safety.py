@@ -146,8 +146,15 @@ class Deployment:
         self.until(finished, f"batch {job_id} did not finish", timeout_s)
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
-        stored = self.redis.hgetall(self.prefix + keys.batch_results(job_id))
-        return [json.loads(raw) for _, raw in sorted(stored.items(), key=lambda kv: int(kv[0]))]
+        """The result lines as a user downloads them: the output file, then the error file."""
+        job = self.http.get(f"/v1/batches/{job_id}").json()
+        lines: list[dict[str, Any]] = []
+        for field in ("output_file_id", "error_file_id"):
+            if job.get(field):
+                r = self.http.get(f"/v1/files/{job[field]}/content")
+                assert r.status_code == 200, r.text
+                lines += [json.loads(line) for line in r.text.splitlines()]
+        return lines
 
     def exited(self, name: str, timeout_s: float = 60) -> int:
         return self.workers[name].wait(timeout=timeout_s)
@@ -199,10 +206,22 @@ def combined(upstream: FakeUpstream) -> Counter[str]:
 
 
 def assert_exactly_once(results: list[dict[str, Any]], n: int) -> None:
+    """Each line's custom id once, every line answered, and each answer to its own question
+    (the fake upstream behind e<i>, named u<i>, echoes the question it was asked)."""
     ids = Counter(r["custom_id"] for r in results)
     assert len(results) == n, f"{len(results)} results for {n} lines"
-    assert set(ids) == {f"q{i}" for i in range(n)}
+    assert ids == Counter(f"q{i}" for i in range(n)), [c for c, v in ids.items() if v > 1]
     assert all(r["error"] is None for r in results), [r for r in results if r["error"]][:3]
+    for r in results:
+        asked = question(int(r["custom_id"][1:]))
+        coe = r["response"]["body"]["coe"]
+        for part in coe.get("answers", []):  # each expert's part of a fanned-out line
+            assert part["answer"] == f"[u{part['expert'][1:]}] {asked}", (r["custom_id"], part)
+        content = r["response"]["body"]["choices"][0]["message"]["content"]
+        if coe.get("answers"):  # the aggregator e1 answered a synthesis prompt (echoed cut)
+            assert content.startswith("[u1] "), (r["custom_id"], content)
+        else:
+            assert content == f"[u{coe['expert'][1:]}] {asked}", (r["custom_id"], content)
 
 
 def assert_at_most_twice(counts: Counter[str], n: int, twice_at_most: int) -> None:

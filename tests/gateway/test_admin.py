@@ -1,16 +1,19 @@
 """Admin API: the token guards every route; experts CRUD; secrets never echoed; API keys.
 
-In process, each test but the route matrix on a fresh gateway; the health probe, which
-proves real connections and a real refused one, over real HTTP.
+In process, each test on a fresh gateway but the bad-credential matrix (one shared gateway:
+nothing it sends gets through); the health probe, which proves real connections and a real
+refused one, over real HTTP.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 from fastapi import FastAPI
 
 from coe.config import Settings
@@ -92,6 +95,35 @@ ADMIN_ROUTES = [
     ("DELETE", "/admin/keys/key-1"),
 ]
 
+# What each route answers the right token: (request body, status, a field of the answer).
+GOOD_ANSWERS: dict[tuple[str, str], tuple[dict[str, Any] | None, int, str | None]] = {
+    ("GET", "/admin/experts"): (None, 200, "data"),
+    ("POST", "/admin/experts"): (
+        {"name": "matrix", "model": "m", "endpoints": ["http://127.0.0.1:9"]},
+        201,
+        "has_api_key",
+    ),
+    ("GET", "/admin/experts/alpha"): (None, 200, "endpoints"),
+    ("PATCH", "/admin/experts/alpha"): ({"description": "patched"}, 200, "description"),
+    ("DELETE", "/admin/experts/alpha"): (None, 409, "error"),  # the default expert stays
+    ("GET", "/admin/experts/alpha/health"): (None, 200, "endpoints"),
+    ("GET", "/admin/pools"): (None, 200, "pools"),
+    ("POST", "/admin/reload"): (None, 200, "pipelines"),
+    ("POST", "/admin/routers/rebuild"): (None, 200, "rebuilt"),
+    ("GET", "/admin/keys"): (None, 200, "data"),
+    ("POST", "/admin/keys"): ({"name": "matrix"}, 201, "key"),
+    ("DELETE", "/admin/keys/key-1"): (None, 404, "error"),  # no such key
+}
+SAME_LENGTH_WRONG = TOKEN[:-1] + ("x" if TOKEN[-1] != "x" else "y")
+BAD_CREDENTIALS = {
+    "missing": None,
+    "wrong-token": "Bearer wrong-token",
+    "same-length-wrong-token": f"Bearer {SAME_LENGTH_WRONG}",
+    "right-token-no-scheme": TOKEN,
+    "basic-scheme": "Basic abc",
+    "empty-bearer": "Bearer ",
+}
+
 
 async def test_every_admin_route_is_listed_here(shared_anon: httpx.AsyncClient) -> None:
     schema = (await shared_anon.get("/openapi.json")).json()
@@ -101,19 +133,49 @@ async def test_every_admin_route_is_listed_here(shared_anon: httpx.AsyncClient) 
         if p.startswith("/admin")
         for m in ops
     }
-    assert served == set(ADMIN_ROUTES)
+    assert served == set(ADMIN_ROUTES) == set(GOOD_ANSWERS)
+    assert len(SAME_LENGTH_WRONG) == len(TOKEN) and SAME_LENGTH_WRONG != TOKEN
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-token-0123456789", "Basic abc", TOKEN])
-async def test_admin_routes_need_the_token(
+@pytest.mark.parametrize("auth", list(BAD_CREDENTIALS.values()), ids=list(BAD_CREDENTIALS))
+async def test_admin_routes_refuse_a_bad_credential(
     shared_anon: httpx.AsyncClient, method: str, path: str, auth: str | None
 ) -> None:
     headers = {"authorization": auth} if auth else {}
-    r = await shared_anon.request(method, path, headers=headers, json={})
-    assert r.status_code == 401
+    body, _, _ = GOOD_ANSWERS[(method, path)]
+    r = await shared_anon.request(method, path, headers=headers, json=body or {})
+    assert r.status_code == 401, r.text
     assert r.json()["error"]["type"] == "authentication_error"
+    assert "COE_ADMIN_TOKEN" in r.json()["error"]["message"]
     assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.fixture
+async def fresh_admin(
+    upstream: InProcessUpstream, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway of its own (the right token changes things), reloadable from its file."""
+    config = config_for(upstream.base_url)
+    experts_file = tmp_path / "experts.yaml"
+    experts_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    settings = admin_settings().model_copy(update={"experts_file": experts_file})
+    async with (
+        running_gateway(settings, config, route_to(upstream)) as gateway,
+        asgi_client(gateway, headers={"authorization": f"Bearer {TOKEN}"}) as c,
+    ):
+        yield c
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ROUTES)
+async def test_admin_routes_answer_the_right_token(
+    fresh_admin: httpx.AsyncClient, method: str, path: str
+) -> None:
+    body, status, field = GOOD_ANSWERS[(method, path)]
+    r = await fresh_admin.request(method, path, json=body)
+    assert r.status_code == status, r.text
+    if field is not None:
+        assert field in r.json(), r.json()
 
 
 def test_placeholder_admin_token_refused_at_start() -> None:

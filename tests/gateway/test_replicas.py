@@ -61,6 +61,7 @@ def two_gateways(
         "COE_REDIS_URL": REDIS_URL,
         "COE_STORE_PREFIX": prefix,
         "COE_REGISTRY_POLL_S": "30",
+        "COE_REQUIRE_API_KEY": "1",
         "COE_LOG_LEVEL": "WARNING",
     }
     ports = [free_port(), free_port()]
@@ -83,8 +84,10 @@ def two_gateways(
         delete_prefix(REDIS_URL, prefix)
 
 
-def model_ids(url: str) -> set[str]:
-    return {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
+def model_ids(url: str, key: str) -> set[str]:
+    r = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    return {m["id"] for m in r.json()["data"]}
 
 
 def eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
@@ -96,27 +99,66 @@ def eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untype
     return False
 
 
+def make_key(url: str, name: str) -> dict:
+    r = httpx.post(f"{url}/admin/keys", json={"name": name}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def chat_status(url: str, key: str, model: str = "coe/auto") -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": MSG},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
 def test_changes_reach_the_other_replica(two_gateways: list[str], upstream: FakeUpstream) -> None:
     a, b, cfg = two_gateways
+    key = make_key(a, "changes")["key"]
     new = {"name": "gamma", "model": "m", "endpoints": [upstream.base_url]}
     assert httpx.post(f"{a}/admin/experts", json=new, headers=ADMIN).status_code == 201
     # pub/sub, not the 30 s poll, carries the change
-    assert eventually(lambda: "gamma" in model_ids(b), timeout_s=3)
-    r = httpx.post(f"{b}/v1/chat/completions", json={"model": "gamma", "messages": MSG})
+    assert eventually(lambda: "gamma" in model_ids(b, key), timeout_s=3)
+    r = chat_status(b, key, model="gamma")
     assert r.status_code == 200 and r.headers["x-coe-expert"] == "gamma"
     assert httpx.delete(f"{b}/admin/experts/gamma", headers=ADMIN).status_code == 204
-    assert eventually(lambda: "gamma" not in model_ids(a), timeout_s=3)
-    # keys made on one replica authenticate on the other (checked via the admin list)
-    key = httpx.post(f"{a}/admin/keys", json={"name": "shared"}, headers=ADMIN).json()
-    listed = httpx.get(f"{b}/admin/keys", headers=ADMIN).json()["data"]
-    assert key["id"] in [k["id"] for k in listed]
+    assert eventually(lambda: "gamma" not in model_ids(a, key), timeout_s=3)
     # a routing-config reload asked of one replica reaches the other (both read the file)
     data = yaml.safe_load(Path(cfg).read_text())
     data["pipelines"]["wide"] = {"routers": ["default"], "k": 2}
     Path(cfg).write_text(yaml.safe_dump(data))
     reloaded = httpx.post(f"{a}/admin/reload", headers=ADMIN)
     assert reloaded.status_code == 200 and "wide" in reloaded.json()["pipelines"]
-    assert eventually(lambda: "coe/wide" in model_ids(b), timeout_s=3)
+    assert eventually(lambda: "coe/wide" in model_ids(b, key), timeout_s=3)
+
+
+def test_a_key_made_on_one_replica_serves_and_is_revoked_on_the_other(
+    two_gateways: list[str],
+) -> None:
+    a, b, _ = two_gateways
+    made = make_key(a, "shared")
+    assert made["key"].startswith("coe-sk-")
+    # the key made on A answers a chat request on B, and counts there
+    r = chat_status(b, made["key"])
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "[up] hi"
+    # a made-up key is refused by both: B is checking keys, not waving requests through
+    for url in (a, b):
+        r = chat_status(url, "coe-sk-" + "0" * 40)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    # revoked on A: B refuses it well within the notice/poll interval (30 s here)
+    r = httpx.delete(f"{a}/admin/keys/{made['id']}", headers=ADMIN)
+    assert r.status_code == 204
+    started = time.monotonic()
+    assert eventually(lambda: chat_status(b, made["key"]).status_code == 401, timeout_s=3)
+    assert time.monotonic() - started < 3
+    r = chat_status(b, made["key"])
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert made["id"] not in [
+        k["id"] for k in httpx.get(f"{b}/admin/keys", headers=ADMIN).json()["data"]
+    ]
 
 
 async def test_redis_outage_keeps_chat_serving() -> None:
