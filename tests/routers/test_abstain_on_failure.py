@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from coe.dispatch import ExpertClient
-from coe.errors import StoreUnavailable, UpstreamTimeout
+from coe.errors import RouterBusy, StoreUnavailable, UpstreamTimeout
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig
 from coe.pipeline import Engine, Target, build_engine
@@ -184,6 +184,7 @@ def router_types() -> RouterRegistry:
         StoreUnavailable("Redis is unavailable: connection refused"),
         UpstreamTimeout("expert writer timed out", expert="writer"),
         TimeoutError(),
+        RouterBusy("the encoder has 512 texts queued"),
     ],
     ids=lambda e: type(e).__name__,
 )
