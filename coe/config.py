@@ -60,9 +60,21 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(32768, ge=1)
     body_timeout_s: float = Field(30.0, gt=0, description="slow clients: whole body within this")
     max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="chat and route requests one gateway serves at once; more get 503 "
+        "server_overloaded with Retry-After at once instead of queueing without bound",
+    )
     keep_alive_s: int = Field(30, ge=1)
     request_timeout_s: float = Field(300.0, gt=0)
     registry_poll_s: float = Field(5.0, gt=0, description="safety net beside pub/sub notices")
+    encoder_max_queue: int = Field(
+        512,
+        ge=1,
+        description="texts waiting for the routing encoder before routers that need it "
+        "abstain to the next router of their pipeline (overload sheds routing, not requests)",
+    )
     store_socket_timeout_s: float = Field(
         1.0, gt=0, description="Redis: longest wait for one reply (blocking reads add theirs)"
     )

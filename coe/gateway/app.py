@@ -55,6 +55,7 @@ def create_app(
         upload_max_bytes=settings.batch_max_bytes,
         max_header_bytes=settings.max_header_bytes,
         body_timeout_s=settings.body_timeout_s,
+        max_in_flight=settings.max_in_flight,
     )
     keyed = [Depends(client_key)]
     app.include_router(chat_api.router, dependencies=keyed)

@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from coe.errors import (
     CoeError,
@@ -111,6 +112,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if err.status_code == 404 else "invalid_request_error"
         return openai_error(err.status_code, str(err.detail), type_, headers=err.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, err: ClientDisconnect) -> Response:
+        # The client closed the connection before its body was read (it gave up waiting):
+        # nobody is left to answer, and a traceback per request would only add load.
+        log.info("client went away before its request was read: %s", request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:

@@ -1,4 +1,7 @@
-"""Per-request plumbing as plain ASGI: request ids, metrics, body limits, slow clients."""
+"""Per-request plumbing as plain ASGI: request ids, metrics, body limits, slow clients, and
+admission: past `max_in_flight` chat and route requests, more are refused at once (503
+with Retry-After), so an overloaded gateway sheds load instead of queueing requests whose
+clients gave up long ago."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from coe.observability.logs import reset_request_id
 
 log = logging.getLogger(__name__)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+ADMITTED = ("/v1/chat/completions", "/v1/route")  # the paths that route and call experts
 
 
 def _error(status: int, message: str, type_: str, code: str) -> bytes:
@@ -34,8 +38,11 @@ class RequestContext:
         body_timeout_s: float,
         upload_max_bytes: int | None = None,
         max_header_bytes: int = 16 * 1024,
+        max_in_flight: int = 256,
     ):
         self.app = app
+        self.max_in_flight = max_in_flight
+        self.admitted = 0  # chat and route requests being served now
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.upload_max_bytes = upload_max_bytes or max_body_bytes
@@ -100,7 +107,26 @@ class RequestContext:
                     ),
                 )
                 return
-            await self.app(scope, self._limited(receive), send_wrapped)
+            admit = scope.get("path", "") in ADMITTED
+            if admit and self.admitted >= self.max_in_flight:
+                await self._reject(
+                    send_wrapped,
+                    503,
+                    _error(
+                        503,
+                        f"The gateway is serving {self.admitted} requests, its limit "
+                        "(COE_MAX_IN_FLIGHT); retry shortly",
+                        "server_overloaded",
+                        "server_overloaded",
+                    ),
+                    retry_after=True,
+                )
+                return
+            self.admitted += admit
+            try:
+                await self.app(scope, self._limited(receive), send_wrapped)
+            finally:
+                self.admitted -= admit
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
@@ -132,15 +158,12 @@ class RequestContext:
         return wrapped
 
     @staticmethod
-    async def _reject(send: Send, status: int, body: bytes) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
+    async def _reject(send: Send, status: int, body: bytes, retry_after: bool = False) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if retry_after:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
