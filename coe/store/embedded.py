@@ -2,7 +2,10 @@
 
 Keys with a TTL are also expired actively, like Redis does: a sweep task (started with the
 first TTL, or by `start()`; stopped by `close()`) removes a bounded number of expired keys
-per tick, so caches and rate windows nobody reads again do not pile up.
+per tick, so caches and rate windows nobody reads again do not pile up. Cache keys
+(`cache:…`, per-query LLM outputs) are also capped in number, the least recently written
+going first (`max_cache_keys`), so a flood of distinct queries cannot outgrow memory
+within one TTL.
 """
 
 from __future__ import annotations
@@ -11,19 +14,30 @@ import asyncio
 import contextlib
 import heapq
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 from coe.store.base import Store, StreamEntry
 from coe.store.embedded_stream import Group, Pending, Stream, id_order
 
+CACHE_PREFIX = "cache:"
+
 
 class EmbeddedStore(Store):
-    def __init__(self, prefix: str = "coe:", sweep_every_s: float = 1.0, sweep_max: int = 1000):
+    def __init__(
+        self,
+        prefix: str = "coe:",
+        sweep_every_s: float = 1.0,
+        sweep_max: int = 1000,
+        max_cache_keys: int = 100_000,
+    ):
         self.prefix = prefix
         self.sweep_every_s = sweep_every_s
         self.sweep_max = sweep_max  # keys examined per tick at most
+        self.max_cache_keys = max_cache_keys
         self._data: dict[str, Any] = {}
+        self._caches: OrderedDict[str, None] = OrderedDict()  # cache keys, oldest write first
         self._expiry: dict[str, float] = {}
         # (deadline, key), soonest first; entries whose key got another deadline are stale
         # and skipped when they come up
@@ -35,6 +49,7 @@ class EmbeddedStore(Store):
         deadline = self._expiry.get(key)
         if deadline is not None and deadline <= time.monotonic():
             self._data.pop(key, None)
+            self._caches.pop(key, None)
             self._expiry.pop(key, None)
         return key in self._data
 
@@ -74,6 +89,7 @@ class EmbeddedStore(Store):
             deadline, key = heapq.heappop(self._deadlines)
             if self._expiry.get(key) == deadline:
                 self._data.pop(key, None)
+                self._caches.pop(key, None)
                 del self._expiry[key]
                 removed += 1
         return removed
@@ -97,6 +113,13 @@ class EmbeddedStore(Store):
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         self._data[key] = value
         self._expire(key, ttl_s)
+        if key.startswith(CACHE_PREFIX):
+            self._caches[key] = None
+            self._caches.move_to_end(key)
+            while len(self._caches) > self.max_cache_keys:
+                oldest, _ = self._caches.popitem(last=False)
+                self._data.pop(oldest, None)
+                self._expiry.pop(oldest, None)
 
     async def delete(self, *keys: str) -> int:
         n = 0
@@ -104,6 +127,7 @@ class EmbeddedStore(Store):
             if self._live(key):
                 n += 1
             self._data.pop(key, None)
+            self._caches.pop(key, None)
             self._expiry.pop(key, None)
         return n
 

@@ -285,3 +285,21 @@ async def test_embedded_sweep_is_bounded_per_tick() -> None:
         assert sum(removed) == 24 and store.size == 1
     finally:
         await store.close()
+
+
+async def test_embedded_cache_keys_are_capped_oldest_write_first() -> None:
+    """Distinct queries flooding the LLM-output caches within one TTL cannot outgrow memory;
+    other keys are never evicted for them."""
+    store = EmbeddedStore(prefix="t:", max_cache_keys=3)
+    try:
+        await store.set("apikeys-like", "keep")
+        for i in range(5):
+            await store.set(f"cache:instruction:{i}", str(i), ttl_s=3600)
+        await store.set("cache:instruction:2", "again", ttl_s=3600)  # written again: newest
+        await store.set("cache:instruction:5", "5", ttl_s=3600)
+        present = [i for i in range(6) if await store.get(f"cache:instruction:{i}") is not None]
+        assert present == [2, 4, 5]
+        assert await store.get("apikeys-like") == "keep"
+        assert store.size == 4
+    finally:
+        await store.close()
