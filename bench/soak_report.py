@@ -38,6 +38,7 @@ def counts(records: Iterable[Record], dep: Deployment) -> dict[str, Any]:
         "4xx": sum(1 for r in recs if 400 <= r.status < 500),
         "5xx": len(fives),
         "5xx_healthy_candidate": sum(1 for r in fives if healthy_candidate(r, dep)),
+        "5xx_shed": sum(1 for r in fives if r.error == "shed"),
         "lost": len(lost),
         "p50_ms": pct([r.latency for r in ok], 50),
         "p99_ms": pct([r.latency for r in ok], 99),
@@ -186,6 +187,8 @@ def table(report: dict[str, Any]) -> str:
         "",
         f"routed: {r['sent']} sent, {r['answered']} answered = {r['answered_per_s']} routed "
         f"answers/s sustained (p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms)",
+        f"shed by admission control (503 server_overloaded, counted in 5xx and 5xx-avd): "
+        f"{t['5xx_shed']}",
         f"lost by reason: {t['lost_by_reason'] or 'none'}; answers without their own id: "
         f"{t['answered_without_own_id']}",
         f"batch {b['batch_id'] or '-'}: {b['lines']} lines, status {b['status']}, worker killed "
