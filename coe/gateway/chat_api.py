@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -22,6 +23,7 @@ from coe.gateway.errors import client_error, log_failure, read_json
 from coe.observability import Metrics
 from coe.pipeline import Engine, Plan
 from coe.protocol import ChatCompletionRequest
+from coe.routing import RouteDecision
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -48,10 +50,21 @@ def coe_meta(
     return meta
 
 
+def decision_headers(decision: RouteDecision) -> dict[str, str]:
+    """The routing decision in headers: the router, the top candidate's score (its
+    confidence) and the category when the router found one (percent-encoded if not ASCII)."""
+    headers = {"x-coe-router": decision.router}
+    if decision.candidates:
+        headers["x-coe-confidence"] = f"{decision.candidates[0].score:.4g}"
+    if decision.category:
+        headers["x-coe-category"] = quote(decision.category, safe=" -_./:()&,+")
+    return headers
+
+
 def coe_headers(plan: Plan, answer: Answer, request_id: str) -> dict[str, str]:
     headers = {
         "x-coe-expert": ",".join(answer.experts),
-        "x-coe-router": plan.decision.router,
+        **decision_headers(plan.decision),
         "x-request-id": request_id,
     }
     if answer.aggregator is not None:
@@ -137,7 +150,7 @@ async def _fan_out_stream(
         raise
     if task.done():
         return _streaming(plan, task.result(), rid, want_usage, metrics)
-    headers = {"x-coe-router": plan.decision.router, "cache-control": "no-cache"}
+    headers = {**decision_headers(plan.decision), "cache-control": "no-cache"}
     return StreamingResponse(
         _kept_alive(plan, task, every, rid, want_usage, metrics),
         media_type="text/event-stream",

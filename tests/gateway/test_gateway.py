@@ -17,6 +17,8 @@ import pytest
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
+from coe.gateway.chat_api import decision_headers
+from coe.routing import Candidate, RouteDecision
 from coe.testing import FakeUpstream, Fault
 from tests.support.asgi import GATEWAY_URL, InProcessUpstream, gateway_client, route_to
 from tests.support.server import ServedApp
@@ -86,6 +88,8 @@ async def test_auto_routes_and_says_who_answered(http: httpx.AsyncClient) -> Non
     body = r.json()
     assert body["choices"][0]["message"]["content"] == "[u0] route me"
     assert r.headers["x-coe-expert"] == "alpha" and r.headers["x-coe-router"] == "first"
+    assert r.headers["x-coe-confidence"] == "1"  # the default router's top score
+    assert "x-coe-category" not in r.headers  # it names no category
     assert body["coe"]["expert"] == "alpha" and body["model"] == "alpha"
     assert body["coe"]["upstream_model"] == "alpha-m"
     assert r.headers["x-request-id"] == body["coe"]["request_id"]
@@ -298,3 +302,17 @@ def test_broken_stream_ends_with_error_event(
                 stream=True,  # type: ignore[arg-type]
             )
         )
+
+
+def test_decision_headers_carry_confidence_and_a_header_safe_category() -> None:
+    decision = RouteDecision(
+        candidates=(Candidate("alpha", 0.8734567), Candidate("beta", 0.1)),
+        router="topic",
+        reason="nearest examples",
+        category="mathématiques\r\nx-evil: 1",
+    )
+    headers = decision_headers(decision)
+    assert headers["x-coe-router"] == "topic"
+    assert headers["x-coe-confidence"] == "0.8735"
+    assert headers["x-coe-category"] == "math%C3%A9matiques%0D%0Ax-evil: 1"
+    headers["x-coe-category"].encode("ascii")  # always a valid header value
