@@ -8,7 +8,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from coe.testing import FakeUpstream
-from tests.support.net import delete_prefix, free_port, wait_healthy
+from tests.support.net import delete_prefix, eventually, free_port, wait_healthy
 from tests.support.processes import CoeProcesses
 
 pytestmark = pytest.mark.redis
@@ -127,15 +127,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
 def pipelines(url: str) -> set[str]:
     ids = {m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]}
     return {i.removeprefix("coe/") for i in ids if i.startswith("coe/")}
-
-
-def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
 
 
 def reload(url: str) -> httpx.Response:

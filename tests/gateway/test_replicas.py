@@ -20,7 +20,7 @@ from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.testing import FakeUpstream
 from tests.support.asgi import InProcessUpstream, gateway_client, route_to
-from tests.support.net import delete_prefix, free_port, wait_healthy
+from tests.support.net import delete_prefix, eventually, free_port, wait_healthy
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.redis
@@ -88,15 +88,6 @@ def model_ids(url: str, key: str) -> set[str]:
     r = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
     return {m["id"] for m in r.json()["data"]}
-
-
-def eventually(check, timeout_s: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def make_key(url: str, name: str) -> dict:

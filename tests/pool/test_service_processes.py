@@ -5,7 +5,7 @@ gateways fail over with clear errors, route around what cannot be served, and no
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import yaml
 
 from coe.testing import FakeUpstream
 from tests.pool.fake_lora import LoraServer
-from tests.support.net import free_port, wait_healthy
+from tests.support.net import eventually, free_port, wait_healthy
 from tests.support.processes import CoeProcesses, coe_processes
 from tests.support.server import ServedApp
 
@@ -24,13 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def ask(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-
-
-def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.1)
 
 
 def write_config(path: Path, service_port: int, plain_url: str, pool: dict[str, Any]) -> Path:

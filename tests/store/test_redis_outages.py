@@ -18,9 +18,9 @@ import httpx
 import yaml
 
 from coe.testing import FakeUpstream
-from tests.support.net import free_port, wait_healthy
+from tests.support.net import eventually, free_port, wait_healthy
 from tests.support.processes import CoeProcesses, coe_processes
-from tests.support.redis_server import RedisServer, eventually
+from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "outage-admin-token-0123456789"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -12,6 +13,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def eventually(check: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> bool:
+    """Poll `check` until it holds; fails naming `what` when `timeout_s` passes first. Returns
+    True, so `assert eventually(...)` reads as the assertion it is."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what or check}"
+        time.sleep(0.05)
+    return True
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support.net import free_port
+from tests.support.net import eventually, free_port
 
 
 class RedisServer:
@@ -59,13 +58,6 @@ def _pings(server: RedisServer) -> bool:
         return bool(server.client().ping())
     except redis.RedisError:
         return False
-
-
-def eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
