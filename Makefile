@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[embed,vllm,dev]'
+	$(BIN)/python -m pip install -q -e '.[embed,fast,distill,vllm,dev]'
 	@# vLLM's CPU wheel pulls torchvision/torchaudio builds that break transformers imports;
 	@# text serving needs none of them.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="texts waiting for the routing encoder before routers that need it "
         "abstain to the next router of their pipeline (overload sheds routing, not requests)",
     )
+    encoder_cache_size: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="recent queries whose vectors the routing encoder remembers (0: none)",
+    )
     store_socket_timeout_s: float = Field(
         1.0, gt=0, description="Redis: longest wait for one reply (blocking reads add theirs)"
     )

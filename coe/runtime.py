@@ -26,7 +26,7 @@ from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
 from coe.observability import Metrics
 from coe.pipeline import Engine, build_engine
-from coe.routing.live import LiveRouting, Swapped, startup_config
+from coe.routing.live import LiveRouting, Swapped, bound_encoders, startup_config
 from coe.routing.shared_config import describe_source
 from coe.security import ApiKeyStore
 from coe.store import RedisOptions, keys, open_store
@@ -174,7 +174,9 @@ def _encoder_cache(settings: Settings) -> object | None:
         from coe.routing.encoders import EncoderCache
     except ImportError:
         return None
-    return EncoderCache(max_queue=settings.encoder_max_queue)
+    return EncoderCache(
+        max_queue=settings.encoder_max_queue, query_cache_size=settings.encoder_cache_size
+    )
 
 
 def _admin_token(settings: Settings) -> str:
@@ -235,7 +237,9 @@ async def build_runtime(
         await pools.start()
         client = ExpertClient(http, liveness=pools, observer=metrics)
         encoders = _encoder_cache(settings)
-        engine = await build_engine(config, registry, client, store, base_dir, encoders=encoders)
+        engine = await build_engine(
+            config, registry, client, store, base_dir, encoders=bound_encoders(encoders, config)
+        )
         rebuilds = await store.get(keys.ROUTERS_REBUILD)
     except BaseException:
         if pools is not None:

@@ -149,3 +149,26 @@ async def _write_instructions(
             text = " ".join(str(response["choices"][0]["message"]["content"] or "").split())
             out[name] = text or desc
     return out
+
+
+@build_group.command("encoder")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="folder to write (default: the cache folder the `minilm-static` encoder loads)",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="sentence-transformers folder to distil (default: the packaged all-MiniLM-L6-v2)",
+)
+@click.option("--pca-dims", default=256, show_default=True, type=click.IntRange(8, 1024))
+@click.option("--force", is_flag=True, help="build again even if the folder is there")
+def encoder_cmd(out: Path | None, source: Path | None, pca_dims: int, force: bool) -> None:
+    """Distil a static (model2vec) routing encoder from a local MiniLM, once."""
+    import logging
+
+    from coe.routing.encoder_build import build_static
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    click.echo(str(build_static(out, source, pca_dims, force)))

@@ -84,8 +84,26 @@ def up(**options: Any) -> None:
 
 
 @click.command("prepare-model")
-def prepare_model() -> None:
-    """Convert the packaged SmolLM2 GGUF to a cached model folder (once)."""
+@click.option(
+    "--experts-file",
+    envvar="COE_EXPERTS_FILE",
+    default="experts.yaml",
+    show_default=True,
+    help="also build the routing encoder this config names, if it must be built",
+)
+def prepare_model(experts_file: str) -> None:
+    """Convert the packaged SmolLM2 GGUF to a cached model folder, and build the configured
+    static routing encoder (each once)."""
+    from pathlib import Path
+
+    from coe.experts.schema import load_config
     from coe.local.model import ensure_smollm2
+    from coe.routing.encoder_backends import parse_spec
+    from coe.routing.encoder_build import build_static
 
     click.echo(str(ensure_smollm2()))
+    if Path(experts_file).is_file():
+        spec = parse_spec(load_config(experts_file).encoder)
+        if spec.kind == "static" and spec.path is None:
+            click.echo("building the static routing encoder (once, about a minute)", err=True)
+            click.echo(str(build_static()))

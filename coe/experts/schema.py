@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from coe.errors import ConfigError
+from coe.errors import CoeError, ConfigError
 from coe.security.egress import EgressPolicy
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
@@ -154,6 +162,12 @@ class CoeConfig(Strict):
     routers: dict[str, RouterSpec] = Field(default_factory=dict)
     pipelines: dict[str, PipelineSpec] = Field(default_factory=dict)
     default_pipeline: str = "auto"
+    encoder: str | None = Field(
+        None,
+        description="routing encoder of routers that name none: minilm (sentence-transformers), "
+        "minilm-int8 (int8 ONNX), minilm-static (model2vec, `coe build encoder`), KIND:PATH, "
+        "or a sentence-transformers folder; default minilm",
+    )
     pools: dict[str, PoolSpec] = Field(
         default_factory=dict, description="experts sharing a device, C resident at once"
     )
@@ -165,6 +179,18 @@ class CoeConfig(Strict):
         default_factory=list,
         description="folders of swap controller plug-ins, relative to this file",
     )
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str | None) -> str | None:
+        if value is not None:
+            from coe.routing.encoder_backends import parse_spec
+
+            try:
+                parse_spec(value)
+            except CoeError as err:
+                raise ValueError(err.message) from None
+        return value
 
     @model_validator(mode="after")
     def _check_references(self) -> CoeConfig:

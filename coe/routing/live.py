@@ -28,6 +28,12 @@ from coe.store.base import Store
 log = logging.getLogger(__name__)
 
 
+def bound_encoders(encoders: Any, config: CoeConfig) -> Any:
+    """The process's encoder cache with this config's default encoder (None stays None:
+    the embedding extra is not installed)."""
+    return None if encoders is None else encoders.bound(config.encoder)
+
+
 @dataclass(frozen=True)
 class Swapped:
     """What a reload or rebuild put in place."""
@@ -66,8 +72,9 @@ class LiveRouting:
         self._lock = asyncio.Lock()  # one build at a time: the last swap is the newest
 
     async def build(self, config: CoeConfig) -> Engine:
+        encoders = bound_encoders(self.encoders, config)
         return await build_engine(
-            config, self.registry, self.client, self.store, self.base_dir, encoders=self.encoders
+            config, self.registry, self.client, self.store, self.base_dir, encoders=encoders
         )
 
     def _swap(self, engine: Engine, config_version: int | None) -> Swapped:

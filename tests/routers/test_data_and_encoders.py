@@ -65,8 +65,8 @@ async def test_encoder_is_normalised_and_async_matches_sync(encoders: EncoderCac
 
 @pytest.mark.embed
 def test_encoder_memo_and_missing_folder(encoders: EncoderCache, tmp_path: Path) -> None:
-    memo = EncoderCache(memo_size=10)
-    memo._models = encoders._models  # share the loaded weights; the memo is what is tested
+    # Shares the loaded weights (the same process-wide state); the memo is what is tested.
+    memo = EncoderCache(memo_size=10, shared=encoders._shared)
     first = memo.encode_sync(["alpha", "beta"])
     assert np.array_equal(memo.encode_sync(["beta", "alpha"]), first[::-1])
     with pytest.raises(ConfigError, match="does not exist"):

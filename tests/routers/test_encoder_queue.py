@@ -20,7 +20,7 @@ async def test_concurrent_asks_share_model_calls_and_get_their_own_vectors(
     encoders: EncoderCache,
 ) -> None:
     enc = EncoderCache(max_queue=1000)
-    enc._models = encoders._models  # the loaded model, not a second copy
+    enc._shared.models = encoders._shared.models  # the loaded model, not a second copy
     alone = enc.encode_sync(QUERIES)
     got = await asyncio.gather(*(enc.encode([q]) for q in QUERIES))
     for i, vec in enumerate(got):
@@ -33,7 +33,7 @@ async def test_a_full_queue_refuses_at_once_and_the_queued_asks_finish(
     encoders: EncoderCache,
 ) -> None:
     enc = EncoderCache(max_queue=4)
-    enc._models = encoders._models
+    enc._shared.models = encoders._shared.models
     busy = threading.Event()
     release = threading.Event()
 
@@ -58,5 +58,5 @@ async def test_a_full_queue_refuses_at_once_and_the_queued_asks_finish(
 
 async def test_one_large_ask_alone_is_always_taken(encoders: EncoderCache) -> None:
     enc = EncoderCache(max_queue=2)
-    enc._models = encoders._models
+    enc._shared.models = encoders._shared.models
     assert (await enc.encode(QUERIES[:10])).shape[0] == 10  # a batch unit bigger than the cap
