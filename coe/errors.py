@@ -4,6 +4,8 @@
     ├── ConfigError                 500   config_error        bad experts.yaml / settings
     ├── InvalidRequest              400   invalid_request_error
     │   ├── EgressRefused           400   invalid_request_error the egress policy refuses it
+    │   ├── NoExpertWithinPolicy    400   invalid_request_error a request's `coe` policy keeps
+    │   │                                                       every expert out
     │   ├── PayloadTooLarge         413   invalid_request_error
     │   └── RequestTimeout          408   invalid_request_error the client sent its body too slowly
     ├── Unauthorized                401   authentication_error missing or wrong key / token
@@ -128,6 +130,13 @@ class EgressRefused(InvalidRequest):
     """An expert endpoint the egress policy refuses (coe.security.egress)."""
 
     code = "egress_refused"
+
+
+class NoExpertWithinPolicy(InvalidRequest):
+    """A request's routing policy (allow, deny, max_cost) leaves no expert that may answer
+    (coe.routing.policy)."""
+
+    code = "no_expert_within_policy"
 
 
 class UpstreamError(CoeError):

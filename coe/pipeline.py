@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
 from coe.errors import (
     CoeError,
     ConfigError,
+    ExpertUnavailable,
     InvalidRequest,
     ModelNotFound,
     NotFound,
@@ -28,6 +29,7 @@ from coe.experts.schema import AggregationSpec, CoeConfig, ExpertSpec, PipelineS
 from coe.routing.base import RouteContext, Router, RouterDeps
 from coe.routing.decision import Candidate, RouteDecision
 from coe.routing.dynamic_k import dynamic_k
+from coe.routing.policy import RoutingPolicy, Scope, expert_body, pipeline_named, policy_of
 from coe.routing.registry import RouterRegistry, router_specs
 from coe.store.base import Store
 
@@ -129,6 +131,13 @@ class Engine:
             param="model",
         )
 
+    def target(self, model: str, policy: RoutingPolicy | None = None) -> Target:
+        """What `model` names, or the pipeline the request's policy routes with instead."""
+        target = self.resolve(model)
+        if policy is None or policy.pipeline is None:
+            return target
+        return Target(pipeline=pipeline_named(policy, self.pipelines, target.expert))
+
     def context(self, request_id: str | None = None) -> RouteContext:
         """What routers may choose from: registered experts, minus those a pool cannot load."""
         experts = self.registry.snapshot()
@@ -142,13 +151,27 @@ class Engine:
         )
 
     # -- routing --------------------------------------------------------------------------
+    def _scoped(
+        self, request_id: str | None, policy: RoutingPolicy | None
+    ) -> tuple[RouteContext, Scope | None]:
+        """The routing context, narrowed to the experts the request's policy allows."""
+        ctx = self.context(request_id)
+        if policy is None:
+            return ctx, None
+        scope = Scope.of(policy, self.registry.snapshot(), ctx.experts)
+        return replace(ctx, experts=scope.experts), scope
+
     async def decide(
-        self, target: Target, query: str, request_id: str | None = None
+        self,
+        target: Target,
+        query: str,
+        request_id: str | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> RouteDecision:
         """One query through the target's routers, in order, until one does not abstain."""
-        ctx = self.context(request_id)
+        ctx, scope = self._scoped(request_id, policy)
         if target.expert is not None:
-            return _direct(target.expert)
+            return _direct(target.expert, scope)
         assert target.pipeline is not None
         spec = self.pipelines[target.pipeline]
         tried: list[str] = []
@@ -157,22 +180,22 @@ class Engine:
                 decision = await self.routers[router_name].route(query, ctx)
             except ROUTER_OUTAGES as err:
                 decision = _failed(router_name, err)
-            final = _settle(decision, router_name, spec, ctx.experts, tried)
+            final = _settle(decision, router_name, spec, ctx.experts, tried, scope)
             if final is not None:
                 return final
-        raise _all_abstained(target.pipeline, tried)
+        raise _all_abstained(target.pipeline, tried, scope)
 
     async def decide_many(
-        self, target: Target, queries: Sequence[str]
-    ) -> list[RouteDecision | RoutingError]:
-        """Many queries with one target at once: each router sees every query still
-        unrouted in one `route_batch` call (embeddings are encoded together)."""
+        self, target: Target, queries: Sequence[str], policy: RoutingPolicy | None = None
+    ) -> list[RouteDecision | CoeError]:
+        """Many queries with one target (and policy) at once: each router sees every query
+        still unrouted in one `route_batch` call (embeddings are encoded together)."""
+        ctx, scope = self._scoped(None, policy)
         if target.expert is not None:
-            return [_direct(target.expert) for _ in queries]
+            return [_direct(target.expert, scope) for _ in queries]
         assert target.pipeline is not None
-        ctx = self.context()
         spec = self.pipelines[target.pipeline]
-        out: list[RouteDecision | RoutingError | None] = [None] * len(queries)
+        out: list[RouteDecision | CoeError | None] = [None] * len(queries)
         tried: list[list[str]] = [[] for _ in queries]
         pending = list(range(len(queries)))
         for router_name in spec.routers:
@@ -186,37 +209,46 @@ class Engine:
                 decisions = [_failed(router_name, err)] * len(pending)
             still = []
             for i, decision in zip(pending, decisions, strict=True):
-                final = _settle(decision, router_name, spec, ctx.experts, tried[i])
+                final = _settle(decision, router_name, spec, ctx.experts, tried[i], scope)
                 if final is None:
                     still.append(i)
                 else:
                     out[i] = final
             pending = still
         for i in pending:
-            out[i] = _all_abstained(target.pipeline, tried[i])
+            out[i] = _all_abstained(target.pipeline, tried[i], scope)
         return [o for o in out if o is not None]
 
     async def plan(self, body: dict[str, Any], request_id: str | None = None) -> Plan:
-        """Resolve the model and route the query; k > 1 means a fan-out."""
-        target = self.resolve(str(body.get("model", "")))
+        """Resolve the model and route the query under the body's policy (`coe`, see
+        coe.routing.policy); k > 1 means a fan-out."""
+        policy = policy_of(body)
+        target = self.target(str(body.get("model", "")), policy)
         started = time.perf_counter()
-        decision = await self.decide(target, query_text(body["messages"]), request_id)
+        decision = await self.decide(target, query_text(body["messages"]), request_id, policy)
         return self._plan(target, decision, (time.perf_counter() - started) * 1000)
 
     async def plan_many(self, bodies: Sequence[dict[str, Any]]) -> list[Plan | CoeError]:
         """Route a batch of requests, grouped by target so routers batch their work. A line
         that cannot be routed gets its error in its place; the others go on."""
         out: list[Plan | CoeError | None] = [None] * len(bodies)
-        groups: dict[Target, list[tuple[int, str]]] = {}
+        groups: dict[tuple[Target, str], list[tuple[int, str]]] = {}
+        policies: dict[str, RoutingPolicy | None] = {}
         for i, body in enumerate(bodies):
             try:
-                target = self.resolve(str(body.get("model", "")))
-                groups.setdefault(target, []).append((i, query_text(body["messages"])))
+                policy = policy_of(body)
+                target = self.target(str(body.get("model", "")), policy)
+                key = policy.key() if policy is not None else ""
+                policies[key] = policy
+                groups.setdefault((target, key), []).append((i, query_text(body["messages"])))
             except CoeError as err:
                 out[i] = err
-        for target, members in groups.items():
+        for (target, key), members in groups.items():
             started = time.perf_counter()
-            decisions = await self.decide_many(target, [q for _, q in members])
+            try:
+                decisions = await self.decide_many(target, [q for _, q in members], policies[key])
+            except (InvalidRequest, ExpertUnavailable) as err:  # the policy cannot be met
+                decisions = [err] * len(members)
             each_ms = (time.perf_counter() - started) * 1000 / len(members)
             for (i, _), decision in zip(members, decisions, strict=True):
                 out[i] = (
@@ -240,6 +272,7 @@ class Engine:
     # -- answering ------------------------------------------------------------------------
     async def complete(self, plan: Plan, body: dict[str, Any]) -> Answer:
         """A whole answer: the ranked experts in turn, or the fan-out and its aggregation."""
+        body = expert_body(body)
         if plan.fans_out:
             question = query_text(body["messages"])
             return await self._aggregation(plan).run(body, question, stream=False)
@@ -248,6 +281,7 @@ class Engine:
 
     async def open_stream(self, plan: Plan, body: dict[str, Any]) -> Answer:
         """A streamed answer, opened: its first chunk is here, the rest follows."""
+        body = expert_body(body)
         if plan.fans_out:
             question = query_text(body["messages"])
             return await self._aggregation(plan).run(body, question, stream=True)
@@ -263,7 +297,7 @@ class Engine:
         ranked = [expert, *(e for e in plan.decision.ranked if e != expert)]
         experts = self.registry.snapshot()
         return await complete_ranked(
-            self.client, ranked, experts, body, priority=BATCH, sender=sender
+            self.client, ranked, experts, expert_body(body), priority=BATCH, sender=sender
         )
 
     async def ask(
@@ -275,7 +309,7 @@ class Engine:
         started = time.perf_counter()
         try:
             spec = self.registry.get(expert)
-            answer.response = await self.client.complete(spec, body, BATCH, sender)
+            answer.response = await self.client.complete(spec, expert_body(body), BATCH, sender)
         except NotFound as err:  # the expert was removed since routing
             answer.status, answer.error = "failed", UpstreamError(err.message, expert=expert)
         except UpstreamError as err:
@@ -290,7 +324,8 @@ class Engine:
     ) -> Answer:
         """The plan's aggregation over answers gathered earlier (one per chosen expert)."""
         question = query_text(body["messages"])
-        return await self._aggregation(plan).combine(list(answers), body, question, stream=False)
+        combined = self._aggregation(plan).combine
+        return await combined(list(answers), expert_body(body), question, stream=False)
 
     def _aggregation(self, plan: Plan) -> Aggregation:
         return Aggregation(self.client, self.registry.snapshot(), plan.decision, plan.aggregation)
@@ -303,12 +338,13 @@ class Engine:
         return str(content or "")
 
 
-def _direct(expert: str) -> RouteDecision:
-    return RouteDecision(
+def _direct(expert: str, scope: Scope | None = None) -> RouteDecision:
+    decision = RouteDecision(
         candidates=(Candidate(expert, 1.0),),
         router="direct",
         reason=f"the request named expert {expert}",
     )
+    return decision if scope is None else scope.direct(decision)
 
 
 def _failed(router_name: str, err: BaseException) -> RouteDecision:
@@ -328,18 +364,27 @@ def _settle(
     spec: PipelineSpec,
     experts: Mapping[str, ExpertSpec],
     tried: list[str],
+    scope: Scope | None = None,
 ) -> RouteDecision | None:
-    """A router's decision made final (live experts only, the pipeline's k), or None when
-    it abstained or named no registered expert; `tried` collects why, for the reason."""
+    """A router's decision made final (live experts within the request's policy only, the
+    policy's or else the pipeline's k), or None when it abstained or named no such expert;
+    `tried` collects why, for the reason."""
     if decision.abstained:
         tried.append(f"{router_name}: {decision.reason}")
         return None
     live = _live_only(decision, experts)
     if live is None:
-        tried.append(f"{router_name}: none of its candidates is registered")
+        where = "registered" if scope is None else "registered and within the request's policy"
+        tried.append(f"{router_name}: none of its candidates is {where}")
         return None
     if tried:
         live = _with_note(live, "fell back after " + "; ".join(tried), tried)
+    if scope is not None:
+        return scope.stamp(scope.with_k(live) or _pipeline_k(live, spec))
+    return _pipeline_k(live, spec)
+
+
+def _pipeline_k(live: RouteDecision, spec: PipelineSpec) -> RouteDecision:
     if spec.dynamic_k is not None:
         return dynamic_k(live, spec.dynamic_k.tau, spec.dynamic_k.max_k)
     # A pipeline's explicit k wins; otherwise a router may recruit several experts.
@@ -347,7 +392,9 @@ def _settle(
     return live.with_k(min(k, len(live.candidates)))
 
 
-def _all_abstained(pipeline: str, tried: list[str]) -> RoutingError:
+def _all_abstained(pipeline: str, tried: list[str], scope: Scope | None = None) -> CoeError:
+    if scope is not None and scope.excluded:
+        return scope.nothing_within(pipeline, tried)
     return RoutingError(f"pipeline {pipeline!r}: every router abstained ({'; '.join(tried)})")
 
 

@@ -1,10 +1,17 @@
-"""OpenAI wire models for the endpoints we serve. Unknown fields are kept and passed on."""
+"""OpenAI wire models for the endpoints we serve. Unknown fields are kept and passed on.
+
+One field is ours: `coe`, a request's routing policy (coe.routing.policy), which the OpenAI
+client sends with `extra_body={"coe": {...}}`; it is validated strictly and never reaches
+an expert.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from coe.routing.policy import RoutingPolicy
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
@@ -34,12 +41,15 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     seed: int | None = None
     user: str | None = None
+    coe: RoutingPolicy | None = Field(None, description="this request's routing policy")
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
 
     def upstream_body(self) -> dict[str, Any]:
-        """The body experts receive: what the client set, unknown fields included."""
+        """The body handed to the engine: what the client set, unknown fields and the `coe`
+        policy included. The engine routes by `coe` and takes it out before any expert
+        sees the body (`Engine.plan`, `coe.routing.policy.expert_body`)."""
         return self.model_dump(exclude_unset=True, exclude_none=True)
 
 
@@ -49,6 +59,7 @@ class RouteRequest(BaseModel):
     model: str = Field("coe/auto", min_length=1, max_length=256)
     messages: list[ChatMessage] | None = Field(None, min_length=1)
     query: str | None = Field(None, min_length=1)
+    coe: RoutingPolicy | None = Field(None, description="the routing policy to explain")
 
 
 class ModelCard(BaseModel):

@@ -1,5 +1,8 @@
 """POST /v1/chat/completions: validate, hand to the engine, translate back. Nothing else.
 
+A request's routing policy (`coe`: k, max_cost, allow, deny, pipeline) rides in the body
+to the engine, which routes by it and keeps it from the experts; `coe.policy` echoes it.
+
 A fan-out (k > 1) that is still working after `keepalive_s` starts its SSE response early and
 sends `: keep-alive` comments until the answer streams, so that no client or proxy times out.
 """
@@ -41,6 +44,7 @@ def coe_meta(
         "reason": decision.reason,
         "category": decision.category,
         "decision": decision.to_dict(),
+        "policy": decision.details.get("policy"),  # the request's own, as applied
         "failures": [vars(f) for f in answer.failures],
         "route_ms": round(plan.route_ms, 3),
         "request_id": request_id,

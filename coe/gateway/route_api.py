@@ -1,4 +1,8 @@
-"""POST /v1/route: the routing decision for a query, without generating anything."""
+"""POST /v1/route: the routing decision for a query, without generating anything.
+
+It takes the routing policy a chat request may carry (`coe`) and decides under it, so it
+explains exactly what the same chat request would do.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,13 @@ async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dic
     else:
         raise InvalidRequest("Give either `query` or `messages`", param="query")
     engine = runtime.engine
-    target = engine.resolve(req.model)
-    decision = await engine.decide(target, query, rid)
-    return {"object": "coe.route", "model": req.model, "request_id": rid, **decision.to_dict()}
+    target = engine.target(req.model, req.coe)
+    decision = await engine.decide(target, query, rid, req.coe)
+    return {
+        "object": "coe.route",
+        "model": req.model,
+        "pipeline": target.pipeline,
+        "request_id": rid,
+        "policy": decision.details.get("policy"),
+        **decision.to_dict(),
+    }
