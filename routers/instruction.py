@@ -4,14 +4,20 @@ Each expert carries a one-sentence task instruction (a JSON file from `coe build
 instructions`, the store, or its description); the query's instruction is cached by
 query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cosine).
 When the instruction LLM fails or hangs the router abstains (the pipeline's next router
-answers); when the store is down the cache is skipped.
+answers); when the store is down the cache is skipped. A weak writer is noticed too: an
+instruction far from the query it describes makes the router abstain, and when most recent
+instructions were rejected the writer is not asked at all for a while.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +39,8 @@ from ._llm import (
     cache_get,
     cache_put,
 )
+
+log = logging.getLogger(__name__)
 
 QUERY_PROMPT = (
     "Write one sentence that describes the task the following request asks for, starting "
@@ -58,6 +66,54 @@ class InstructionParams(BaseModel):
         10.0, gt=0, le=600, description="abstain when the instruction LLM takes longer"
     )
     encoder: str | None = None
+    # SmolLM2-135M on the shipped requests (bench/glider_eval.py): its off-topic
+    # instructions fall at cosine 0.02-0.31, its usable ones at 0.52 and up.
+    min_query_similarity: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="abstain when the written instruction's cosine to the query itself is "
+        "lower: the writer did not describe this query (-1: never)",
+    )
+    quality_window: int = Field(
+        20, ge=1, le=10_000, description="recent instructions the writer is judged on"
+    )
+    pause_rejected_fraction: float = Field(
+        0.6,
+        gt=0,
+        le=1.01,
+        description="when at least this share of the last `quality_window` instructions "
+        "was rejected, stop asking the writer for `pause_s` (above 1: never)",
+    )
+    pause_s: float = Field(
+        300.0, ge=0, le=86_400, description="how long a weak writer is not asked"
+    )
+
+
+class WriterRecord:
+    """Which of the writer's recent instructions were rejected; pauses a writer that is weak."""
+
+    def __init__(self, window: int, fraction: float, pause_s: float) -> None:
+        self.rejected: deque[bool] = deque(maxlen=window)
+        self.fraction = fraction
+        self.pause_s = pause_s
+        self.paused_until = 0.0
+        self.why = ""
+
+    def paused(self) -> str | None:
+        """Why the writer is not asked now, or None when it may be."""
+        return self.why if time.monotonic() < self.paused_until else None
+
+    def add(self, rejected: bool) -> None:
+        self.rejected.append(rejected)
+        n, bad = len(self.rejected), sum(self.rejected)
+        if n == self.rejected.maxlen and bad >= self.fraction * n:
+            self.paused_until = time.monotonic() + self.pause_s
+            self.why = (
+                f"{bad} of its last {n} instructions were far from their queries; "
+                f"not asked for {self.pause_s:g} s"
+            )
+            self.rejected.clear()  # judged afresh after the pause
 
 
 class InstructionRouter(Router):
@@ -69,8 +125,11 @@ class InstructionRouter(Router):
     sources: dict[str, str]
     _names: list[str]
     _vecs: np.ndarray
+    record: WriterRecord
 
     async def setup(self) -> None:
+        p = self.params
+        self.record = WriterRecord(p.quality_window, p.pause_rejected_fraction, p.pause_s)
         found: dict[str, str] = {}
         if self.params.instructions:
             path = resolve_path(self.deps, self.params.instructions)
@@ -124,13 +183,17 @@ class InstructionRouter(Router):
 
     async def route_batch(self, queries: Sequence[str], ctx: RouteContext) -> list[RouteDecision]:
         p = self.params
+        enc = encoders_of(self.deps)
         if p.instruction_expert is None or self.deps.chat is None:
-            vecs = await encoders_of(self.deps).encode(list(queries), p.encoder)
-            return self.decide(vecs, ctx, None)
+            return self.decide(await enc.encode(list(queries), p.encoder), ctx, None)
         texts: dict[int, str] = {}
         failed: dict[int, RouteDecision] = {}
         down: RouteDecision | None = None  # once the LLM failed, the rest of a batch abstains
         for i, query in enumerate(queries):
+            if down is None and (why := self.record.paused()) is not None:
+                down = RouteDecision.abstain(
+                    self.name, f"instruction writer {p.instruction_expert!r} paused: {why}"
+                )
             if down is not None:
                 failed[i] = down
                 continue
@@ -141,16 +204,24 @@ class InstructionRouter(Router):
                     self.name, "instruction LLM", p.instruction_expert, p.llm_timeout_s, err
                 )
         written = list(texts.values())
+        asked = [queries[i] for i in texts]
+        vecs = await enc.encode([*written, *asked], p.encoder) if written else None
         decided = iter(
-            self.decide(await encoders_of(self.deps).encode(written, p.encoder), ctx, written)
-            if written
+            self.decide(vecs[: len(written)], ctx, written, vecs[len(written) :])
+            if vecs is not None
             else []
         )
         return [failed[i] if i in failed else next(decided) for i in range(len(queries))]
 
     def decide(
-        self, vecs: np.ndarray, ctx: RouteContext, instructions: Sequence[str] | None = None
+        self,
+        vecs: np.ndarray,
+        ctx: RouteContext,
+        instructions: Sequence[str] | None = None,
+        query_vecs: np.ndarray | None = None,
     ) -> list[RouteDecision]:
+        """Decisions for embedded instructions (or queries); with `query_vecs`, an instruction
+        far from its own query is rejected and the writer's record updated."""
         live = [i for i, n in enumerate(self._names) if n in ctx.experts]
         if not live:
             return [
@@ -160,14 +231,27 @@ class InstructionRouter(Router):
         names = [self._names[i] for i in live]
         cos = vecs @ self._vecs[live].T
         probs = softmax(self.params.alpha * cos, 1.0)
+        # the expert the query itself is closest to: shown beside the instruction's choice
+        qcos = query_vecs @ self._vecs[live].T if query_vecs is not None else cos
         out = []
         for i in range(vecs.shape[0]):
             order = np.argsort(-probs[i])
-            how = (
-                "instruction " + repr(instructions[i])
-                if instructions is not None
-                else "no instruction LLM: the query itself is embedded"
-            )
+            details: dict[str, Any] = {
+                "instruction": instructions[i] if instructions is not None else None,
+                "cosine": {names[int(j)]: round(float(cos[i, j]), 4) for j in order},
+                "expert_instruction_source": {n: self.sources[n] for n in names},
+            }
+            if instructions is None or query_vecs is None:
+                how = "no instruction LLM: the query itself is embedded"
+            else:
+                similarity = float(vecs[i] @ query_vecs[i])
+                details["query_similarity"] = round(similarity, 4)
+                details["query_closest"] = names[int(np.argmax(qcos[i]))]
+                rejected = self._reject(instructions[i], similarity, details)
+                if rejected is not None:
+                    out.append(rejected)
+                    continue
+                how = f"instruction {instructions[i]!r}"
             out.append(
                 RouteDecision(
                     candidates=tuple(
@@ -176,11 +260,24 @@ class InstructionRouter(Router):
                     router=self.name,
                     k=min(self.params.k, len(names)),
                     reason=f"{how}; closest expert instruction: {names[int(order[0])]}",
-                    details={
-                        "instruction": instructions[i] if instructions is not None else None,
-                        "cosine": {names[int(j)]: round(float(cos[i, j]), 4) for j in order},
-                        "expert_instruction_source": {n: self.sources[n] for n in names},
-                    },
+                    details=details,
                 )
             )
         return out
+
+    def _reject(
+        self, instruction: str, similarity: float, details: dict[str, Any]
+    ) -> RouteDecision | None:
+        """The abstention for an instruction that does not describe its query, else None."""
+        floor = self.params.min_query_similarity
+        bad = similarity < floor
+        self.record.add(bad)
+        if not bad:
+            return None
+        reason = (
+            f"instruction {instruction!r} is far from the query (cosine {similarity:.2f} < "
+            f"min_query_similarity {floor:g}): the instruction writer "
+            f"{self.params.instruction_expert!r} looks unreliable"
+        )
+        log.info("router %s abstains: %s", self.name, reason)
+        return RouteDecision.abstain(self.name, reason, **details)
