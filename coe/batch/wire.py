@@ -135,6 +135,8 @@ def answer_body(decision: RouteDecision, answer: Answer, worker: str) -> dict[st
         "experts": answer.experts,
         "failures": [vars(f) for f in answer.failures],
     }
+    if (policy := decision.details.get("policy")) is not None:
+        meta["policy"] = policy  # the line's `coe` routing policy, as chat echoes it
     if answer.fanout is not None:
         meta.update(answer.fanout)
     body["coe"] = meta

@@ -306,6 +306,8 @@ async def test_batch_lines_route_under_their_own_policy() -> None:
         "cheap": "beta",
     }
     assert answered["denied"]["decision"]["details"]["policy"]["excluded"] == {"alpha": "denied"}
+    assert answered["denied"]["policy"] == answered["denied"]["decision"]["details"]["policy"]
+    assert answered["cheap"]["policy"]["max_cost"] == 1.5 and "policy" not in answered["plain"]
     [failed] = [json.loads(raw) for raw in errors]
     assert failed["custom_id"] == "bad" and failed["error"]["code"] == "unknown_expert"
     sent = [b for f in fakes.values() for b in f.state.bodies]
