@@ -51,15 +51,46 @@ def per_label_topk(
     return out
 
 
-def neighbour_outcomes(
-    sims: np.ndarray, scores: np.ndarray, k: int, temperature: float
+def per_label_neighbours(
+    scores: np.ndarray,
+    ids: np.ndarray,
+    label_idx: np.ndarray,
+    n_labels: int,
+    k: int,
+    aggregate: str,
 ) -> np.ndarray:
-    """(queries x experts): similarity-weighted mean of the k nearest examples' scores."""
-    kk = min(k, sims.shape[1])
-    idx = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-    near = np.take_along_axis(sims, idx, axis=1)
-    w = softmax(near, temperature)
-    pred: np.ndarray = np.einsum("qk,qke->qe", w, scores[idx])
+    """(queries x labels) from each query's M nearest examples (best first; id -1 = none):
+    mean or max of each label's k best among them. A label with no neighbour among them
+    scores -1; one with fewer than its k is padded with the lowest similarity retrieved,
+    an upper bound on its missing neighbours, so a single lucky hit does not outrank a
+    label with k good ones."""
+    valid = ids >= 0
+    labs = np.where(valid, label_idx[np.where(valid, ids, 0)], -1)
+    floor = np.where(valid, scores, np.inf).min(axis=1)
+    sizes = np.bincount(label_idx, minlength=n_labels)
+    out = np.full((scores.shape[0], n_labels), -1.0, dtype=np.float32)
+    for j in range(n_labels):
+        mine = labs == j
+        take = mine & (np.cumsum(mine, axis=1) <= k)
+        found = take.sum(axis=1)
+        hit = found > 0
+        if aggregate == "max":
+            agg = np.where(take, scores, -np.inf).max(axis=1)
+        else:
+            need = min(k, int(sizes[j]))
+            total = np.where(take, scores, 0.0).sum(axis=1) + (need - found) * floor
+            agg = total / max(need, 1)
+        out[hit, j] = agg[hit]
+    return out
+
+
+def neighbour_outcomes(
+    near: np.ndarray, ids: np.ndarray, scores: np.ndarray, temperature: float
+) -> np.ndarray:
+    """(queries x experts): similarity-weighted mean of the given neighbours' outcome
+    scores (`near`, `ids`: an index's search result; id -1 = none, weight 0)."""
+    w = softmax(np.where(ids >= 0, near, -np.inf), temperature)
+    pred: np.ndarray = np.einsum("qk,qke->qe", w, scores[np.maximum(ids, 0)])
     return pred
 
 

@@ -2,14 +2,15 @@
 
 Labels are experts or categories (mapped to experts through the category table);
 with per-expert outcome scores it predicts each expert's score from the query's
-neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3).
+neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3). Neighbours come
+from an index (coe/routing/index.py): exact, or approximate past `approximate_from` examples.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,11 +23,13 @@ from coe.routing.data import (
     load_models,
     load_outcomes,
 )
+from coe.routing.index import APPROXIMATE_FROM, ExactIndex, Index, IndexKind, build_index
 
 from ._common import (
     encoders_of,
     labelled_decision,
     neighbour_outcomes,
+    per_label_neighbours,
     per_label_topk,
     resolve_path,
     softmax,
@@ -52,6 +55,14 @@ class EmbeddingParams(BaseModel):
     models_file: str | None = Field(None, description="models.json with prices (outcome mode)")
     min_score: float | None = Field(None, description="outcome mode: abstain if best predicted <")
     encoder: str | None = Field(None, description="local sentence-transformers folder")
+    index: IndexKind = Field(
+        "auto",
+        description="nearest-neighbour index: exact, approximate (IVF), or auto "
+        "(approximate from `approximate_from` examples); centroid mode is always exact",
+    )
+    approximate_from: int = Field(
+        APPROXIMATE_FROM, ge=1, description="auto: examples from which the index is approximate"
+    )
 
 
 class EmbeddingRouter(Router):
@@ -60,7 +71,7 @@ class EmbeddingRouter(Router):
     params: EmbeddingParams
 
     labels: list[str]
-    _vecs: np.ndarray
+    _index: Index
     _label_idx: np.ndarray
     _outcomes: np.ndarray
     _costs: dict[str, float]
@@ -103,7 +114,9 @@ class EmbeddingRouter(Router):
             )
             vecs = cents / np.linalg.norm(cents, axis=1, keepdims=True)
             self._label_idx = np.arange(len(self.labels))
-        self._vecs = vecs.astype(np.float32)
+            self._index = ExactIndex(vecs)
+        else:
+            self._index = self._build_index(vecs)
 
     def fit_outcomes(
         self, rows: Sequence[OutcomeExample], costs: dict[str, float] | None = None
@@ -114,8 +127,16 @@ class EmbeddingRouter(Router):
         self._outcomes = np.array(
             [[r.scores.get(m, 0.0) for m in self.labels] for r in rows], dtype=np.float32
         )
-        self._vecs = encoders_of(self.deps).encode_sync([r.text for r in rows], self.params.encoder)
+        vecs = encoders_of(self.deps).encode_sync([r.text for r in rows], self.params.encoder)
+        self._index = self._build_index(vecs)
         self._costs = dict(costs or {})
+
+    def _build_index(self, vecs: np.ndarray) -> Index:
+        return build_index(vecs, self.params.index, self.params.approximate_from)
+
+    def describe_index(self) -> dict[str, Any]:
+        """Which index serves this router, and its size and settings."""
+        return self._index.describe()
 
     # -- serving --------------------------------------------------------------------------
     async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
@@ -127,14 +148,39 @@ class EmbeddingRouter(Router):
 
     def decide(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
         """Decisions for already-encoded queries (unit-norm rows)."""
-        sims = q @ self._vecs.T
-        if self.params.mode == "outcome":
-            return self._decide_outcome(sims, ctx)
+        decisions = (
+            self._decide_outcome(q, ctx) if self.params.mode == "outcome" else self._decide(q, ctx)
+        )
+        for d in decisions:
+            d.details["index"] = self._index.name
+        return decisions
+
+    def label_scores(self, q: np.ndarray) -> np.ndarray:
+        """(queries x labels) kNN or centroid scores."""
         p = self.params
-        if p.mode == "centroid":
-            raw = sims
-        else:
-            raw = per_label_topk(sims, self._label_idx, len(self.labels), p.k, p.aggregate)
+        index, n_labels = self._index, len(self.labels)
+        if isinstance(index, ExactIndex):  # every example scored: the exact per-label path
+            if p.mode == "centroid":
+                return index.similarities(q)
+            step = max(1, (1 << 24) // len(index))  # bound the similarity matrix to 64 MiB
+            return np.concatenate(
+                [
+                    per_label_topk(
+                        index.similarities(q[i : i + step]),
+                        self._label_idx,
+                        n_labels,
+                        p.k,
+                        p.aggregate,
+                    )
+                    for i in range(0, max(q.shape[0], 1), step)
+                ]
+            )
+        near, ids = index.search(q, max(p.k * n_labels, 64))
+        return per_label_neighbours(near, ids, self._label_idx, n_labels, p.k, p.aggregate)
+
+    def _decide(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
+        p = self.params
+        raw = self.label_scores(q)
         probs = softmax(raw, p.temperature)
         cats = p.categories or ctx.categories
         return [
@@ -152,8 +198,10 @@ class EmbeddingRouter(Router):
             for i in range(raw.shape[0])
         ]
 
-    def predict_outcomes(self, sims: np.ndarray) -> np.ndarray:
-        return neighbour_outcomes(sims, self._outcomes, self.params.k, self.params.temperature)
+    def predict_outcomes(self, q: np.ndarray) -> np.ndarray:
+        """(queries x outcome models) predicted scores of already-encoded queries."""
+        near, ids = self._index.search(q, self.params.k)
+        return neighbour_outcomes(near, ids, self._outcomes, self.params.temperature)
 
     def cost_of(self, expert: str, ctx: RouteContext) -> float:
         if expert in self._costs:
@@ -161,17 +209,17 @@ class EmbeddingRouter(Router):
         spec = ctx.experts.get(expert)
         return float(spec.cost) if spec is not None else 0.0
 
-    def _decide_outcome(self, sims: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
+    def _decide_outcome(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
         p = self.params
         live = [i for i, m in enumerate(self.labels) if m in ctx.experts]
         if not live:
             return [
                 RouteDecision.abstain(self.name, "no outcome model is a live expert")
-                for _ in range(sims.shape[0])
+                for _ in range(q.shape[0])
             ]
         names = [self.labels[i] for i in live]
         costs = np.array([self.cost_of(m, ctx) for m in names], dtype=np.float32)
-        pred = self.predict_outcomes(sims)[:, live]
+        pred = self.predict_outcomes(q)[:, live]
         utility = pred - p.cost_lambda * costs
         probs = softmax(utility, p.temperature)
         out = []

@@ -123,3 +123,87 @@ async def test_bad_params_and_missing_examples_are_config_errors(
     f.write_text(json.dumps({"text": "hello", "label": None}) + "\n")
     with pytest.raises(ConfigError, match="no labelled examples"):
         await make_router("embedding", {"examples": str(f)}, config, encoders).setup()
+
+
+def _task_examples(rows: list[OutcomeExample]) -> list[LabelledExample]:
+    return [LabelledExample(r.id, r.text, r.task) for r in rows]
+
+
+async def test_approximate_index_routes_the_slice_like_exact(
+    encoders: EncoderCache, outcomes: tuple[list[OutcomeExample], list[OutcomeExample]]
+) -> None:
+    train, test = outcomes
+    tasks = sorted({r.task for r in train if r.task})
+    config = make_config(tasks)
+    queries = [r.text for r in test]
+    knn, predicted = {}, {}
+    for kind in ("exact", "approximate"):
+        router = make_router("embedding", {"k": 5, "index": kind}, config, encoders)
+        router.fit_labelled(_task_examples(train))  # type: ignore[attr-defined]
+        decisions = await router.route_batch(queries, ctx_of(config))
+        assert {d.details["index"] for d in decisions} == {"exact" if kind == "exact" else "ivf"}
+        knn[kind] = [d.chosen[0] for d in decisions]
+        perf = make_router(
+            "embedding", {"mode": "outcome", "k": 10, "index": kind}, config, encoders
+        )
+        perf.fit_outcomes(train)  # type: ignore[attr-defined]
+        predicted[kind] = perf.predict_outcomes(  # type: ignore[attr-defined]
+            encoders.encode_sync(queries)
+        )
+    accuracy = np.mean([c == r.task for c, r in zip(knn["exact"], test, strict=True)])
+    agree = np.mean([a == b for a, b in zip(knn["exact"], knn["approximate"], strict=True)])
+    assert accuracy > 0.6 and agree >= 0.97
+    same_best = predicted["exact"].argmax(axis=1) == predicted["approximate"].argmax(axis=1)
+    assert np.mean(same_best) >= 0.95
+
+
+async def test_auto_index_switches_at_approximate_from(encoders: EncoderCache) -> None:
+    config = make_config(["billing", "tech"])
+    routes = {
+        "billing": ["refund my invoice", "why was my card charged twice"],
+        "tech": ["the app crashes on start", "reset my password please", "wifi is down"],
+    }
+    for threshold, expected in ((6, "exact"), (5, "ivf")):
+        params = {"routes": routes, "approximate_from": threshold}
+        router = make_router("embedding", params, config, encoders)
+        await router.setup()
+        assert router.describe_index()["index"] == expected  # type: ignore[attr-defined]
+        d = await router.route("I was charged twice on my card", ctx_of(config))
+        assert d.chosen == ["billing"] and d.details["index"] == expected
+    centroid = make_router(
+        "embedding",
+        {"routes": routes, "mode": "centroid", "index": "approximate"},
+        config,
+        encoders,
+    )
+    await centroid.setup()
+    assert centroid.describe_index() == {"index": "exact", "size": 2}  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="index"):
+        make_router("embedding", {"routes": routes, "index": "hnsw"}, config, encoders)
+
+
+def test_label_scores_from_neighbours_match_the_exact_per_label_path() -> None:
+    from routers._common import per_label_neighbours, per_label_topk
+
+    rng = np.random.default_rng(3)
+    sims = rng.uniform(-1, 1, (20, 50)).astype(np.float32)
+    labels = rng.integers(0, 4, 50)
+    labels[labels == 3] = 2  # label 3 has no example: -1 either way
+    order = np.argsort(-sims, axis=1)
+    near = np.take_along_axis(sims, order, axis=1)
+    for agg in ("mean", "max"):
+        want = per_label_topk(sims, labels, 4, 5, agg)
+        got = per_label_neighbours(near, order, labels, 4, 5, agg)  # every example retrieved
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    # only the 3 best retrieved: labels missing from them score -1; a label found fewer
+    # than k times is padded with the lowest similarity retrieved
+    got = per_label_neighbours(near[:, :3], order[:, :3], labels, 4, 2, "mean")
+    for i in range(20):
+        top = labels[order[i, :3]]
+        for j in range(4):
+            mine = near[i, :3][top == j][:2]
+            if len(mine) == 0:
+                assert got[i, j] == -1
+            else:
+                padded = np.concatenate([mine, [near[i, 2]] * (2 - len(mine))])
+                assert got[i, j] == pytest.approx(float(padded.mean()), abs=1e-5)
