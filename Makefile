@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench eval clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/gateway_overhead.py
+
+# docs/routing-eval.md from the shared data sets (DATA=...), every encoder side by side.
+DATA ?= ../shared/data
+eval: setup
+	$(BIN)/python tools/routing_report.py --data-dir $(DATA) --out docs/routing-eval.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
