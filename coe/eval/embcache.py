@@ -1,7 +1,8 @@
 """A disk cache of sentence embeddings for offline evaluation, outside the repository.
 
 Evaluations re-encode the same thousands of texts for every router and fold; this
-encodes each text once per model and keeps the vectors under `COE_CACHE_DIR`.
+encodes each text once per encoder and keeps the vectors under `COE_CACHE_DIR`, in one
+folder per encoder identity so that different encoders never share vectors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coe.routing import encoders as encoders_module
 from coe.routing.encoders import EncoderCache
 
 
@@ -21,10 +23,21 @@ def cache_dir() -> Path:
     return Path(base) / "embeddings"
 
 
-def warm(encoders: EncoderCache, texts: Sequence[str]) -> None:
-    """Make every text's vector available in `encoders`' memo, encoding only new ones."""
-    model = encoders.resolve()
-    tag = hashlib.sha1(str(model).encode()).hexdigest()[:10]
+def encoder_identity(encoders: EncoderCache, spec: str | None = None) -> str:
+    """What names the encoder's vectors: `encoders.identity(spec)` (kind, model file, token
+    limit) where the encoder cache offers it, else the spec itself, else the default model."""
+    identity = getattr(encoders, "identity", None) or getattr(encoders_module, "identity", None)
+    if callable(identity):
+        return str(identity(spec))
+    return str(spec) if spec is not None else str(encoders.resolve())
+
+
+def warm(encoders: EncoderCache, texts: Sequence[str], spec: str | None = None) -> None:
+    """Make every text's vector available in `encoders`' memo, encoding only new ones.
+
+    `spec` names the encoder `encoders` was built with (e.g. "minilm-int8"); None: its default.
+    """
+    tag = hashlib.sha1(encoder_identity(encoders, spec).encode()).hexdigest()[:10]
     folder = cache_dir() / tag
     folder.mkdir(parents=True, exist_ok=True)
     keys = [hashlib.sha1(t.encode()).hexdigest() for t in texts]

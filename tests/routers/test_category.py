@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,6 +44,32 @@ async def test_classifies_mmlu_and_maps_to_experts(
             assert d.chosen == ["lawyer"] and "law" in d.reason
         if d.category == "history":  # no expert for history: the generalist, and it says so
             assert d.chosen == ["generalist"] and "no expert" in d.reason
+
+
+async def test_knn_on_an_approximate_index_classifies_like_exact(
+    encoders: EncoderCache,
+    mmlu: tuple[list[LabelledExample], list[LabelledExample]],
+) -> None:
+    train, test = mmlu
+    config = make_config(["generalist"])
+    got = {}
+    for index in ("exact", "approximate"):
+        router = make_router(
+            "category",
+            {"classifier": "knn", "index": index, "min_similarity": 0.1},
+            config,
+            encoders,
+        )
+        router.fit(train)  # type: ignore[attr-defined]
+        q = encoders.encode_sync([e.text for e in test])
+        probs, nearest = router.probabilities(q)  # type: ignore[attr-defined]
+        got[index] = (probs.argmax(axis=1), nearest)
+    agree = np.mean(got["exact"][0] == got["approximate"][0])
+    assert agree >= 0.95, agree
+    assert np.allclose(got["exact"][1], got["approximate"][1], atol=1e-5)  # nearest example
+    auto = make_router("category", {"approximate_from": 10}, config, encoders)
+    auto.fit(train)  # type: ignore[attr-defined]
+    assert type(auto._index).__name__ == "IVFIndex"  # type: ignore[attr-defined]
 
 
 async def test_low_confidence_goes_to_the_generalist(
@@ -127,3 +154,45 @@ def test_category_map_picks_the_best_expert_per_task(
     assert len(doc["categories"]) == 14
     assert all(costs[e] <= 0.2 for experts in doc["categories"].values() for e in experts)
     assert (tmp_path / "s.json").exists()
+
+
+async def test_mlp_with_extra_examples_fits_and_serves(
+    tmp_path: Path,
+    data_dir: Path,
+    encoders: EncoderCache,
+    mmlu: tuple[list[LabelledExample], list[LabelledExample]],
+) -> None:
+    """`classifier: mlp` plus `extra_examples` (MMLU rows mapped to categories) through
+    setup(): the extra rows of known categories join the training set, others are left out."""
+    from coe.eval.extra import load_mmlu
+    from coe.routing.data import write_jsonl
+
+    train, test = mmlu
+    write_jsonl(
+        [{"id": e.id, "text": e.text, "category": e.label} for e in train], tmp_path / "t.jsonl"
+    )
+    extra = load_mmlu(data_dir / "mmlu" / "mmlu.jsonl")
+    rows = [{"id": e.id, "text": e.text, "category": e.label} for e in extra]
+    rows.append({"id": "odd", "text": "How do I bake bread?", "category": "cooking"})
+    write_jsonl(rows, tmp_path / "extra.jsonl")
+    config = make_config(["generalist", "lawyer"], categories={"law": ["lawyer"]})
+    params = {"classifier": "mlp", "examples": "t.jsonl", "extra_examples": "extra.jsonl"}
+    router = make_router("category", params, config, encoders, base_dir=tmp_path)
+    await router.setup()
+    fitted: Any = router
+    assert type(fitted._clf).__name__ == "MLPClassifier"
+    assert len(fitted._label_idx) == len(train) + len(extra)  # "cooking" is not a known category
+    assert "cooking" not in fitted.labels
+    ds = await router.route_batch([e.text for e in test], ctx_of(config))
+    acc = np.mean([d.category == e.label for d, e in zip(ds, test, strict=True)])
+    assert acc > 0.45
+    law = [d for d in ds if d.category == "law"]
+    assert law and all(d.chosen == ["lawyer"] for d in law)
+
+
+def test_unknown_classifier_is_a_clear_error(encoders: EncoderCache) -> None:
+    from coe.routing import ConfigError
+
+    config = make_config(["generalist"])
+    with pytest.raises((ConfigError, ValueError), match="classifier"):
+        make_router("category", {"classifier": "forest", "routes": {}}, config, encoders)

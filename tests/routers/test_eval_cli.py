@@ -97,3 +97,17 @@ def test_unknown_router_name_is_a_clear_error(tmp_path: Path, data_dir: Path) ->
         ["categories", "--train", path, "--test", path, "--router", "nope", "--no-embed-cache"],
     )
     assert result.exit_code != 0 and "unknown router configuration" in str(result.exception)
+
+
+def test_kfold_nested_picks_params_on_inner_folds(data_dir: Path) -> None:
+    path = str(data_dir / "healthcare_routes" / "evaluation.csv")
+    args = ["kfold", "--data", path, "--kind", "categories", "--router", "category-knn"]
+    args += ["--folds", "3", "--nested", "--inner-folds", "2", "--no-embed-cache"]
+    result = CliRunner().invoke(eval_group, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    nested = out["nested"]
+    assert nested["outer_folds"] == 3 and nested["inner_folds"] == 2
+    assert nested["grid"] == {"k": [3, 5, 10]}
+    assert len(nested["picked"]) == 3 and all(p["k"] in (3, 5, 10) for p in nested["picked"])
+    assert out["n"] == 103 and 0.3 < out["accuracy"] <= 1.0
