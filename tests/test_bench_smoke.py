@@ -1,0 +1,93 @@
+"""bench/routing_bench.py on the test data slices with the static encoder (no torch): every
+column gets a number, each measured decision really encodes, cache hits are hits, and the
+gateway half serves the encoder it names."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.routing_bench import (
+    CHUNK,
+    Sizes,
+    add_deltas,
+    gateways,
+    load_queries,
+    run_bench,
+    tables,
+)
+from bench.routing_bench_gateway import GatewayPlan
+from coe.routing.encoder_build import build_static
+
+STATIC = "minilm-static"
+TINY = Sizes(
+    single_short=20,
+    single_long=5,
+    cache_hits=10,
+    batch_queries=300,
+    folds=2,
+    gateway=GatewayPlan(route_requests=5, chat_requests=12, levels=(1, 4)),
+)
+
+
+@pytest.fixture(scope="module")
+def static_encoder() -> str:
+    """The distilled static encoder (built once into the cache folder, ~1-2 min the first
+    time on two cores; every later run finds it)."""
+    build_static()
+    return STATIC
+
+
+def test_router_and_quality_columns(static_encoder: str, data_dir: Path) -> None:
+    report = run_bench(data_dir, [static_encoder], TINY, with_gateway=False)
+    r = report["encoders"][STATIC]
+    speed, quality = r["router"], r["quality"]
+    assert report["queries"] == {"short": 299, "long": report["queries"]["long"], "batch": 300}
+    assert report["queries"]["long"] >= 50  # joined MMLU-Pro questions fill a small slice
+    assert 900 <= speed["long_mean_chars"] <= 1400
+    for key in ("short", "long"):
+        assert 0 < speed[key]["p50_ms"] <= speed[key]["p99_ms"]
+    # every measured decision encoded its query: warm-up 13, singles, one call per chunk
+    chunks = -(-300 // CHUNK)
+    assert speed["encoder_calls"] == 13 + TINY.single_short + TINY.single_long + chunks
+    assert speed["cache_hits"] == TINY.cache_hits and speed["cache_hit_p50_ms"] > 0
+    assert speed["batch_decisions_per_s"] > 0
+    for key in ("mmlu_pro_knn_acc", "mmlu_pro_logreg_acc", "healthcare_test_acc"):
+        assert 0.2 < quality[key] <= 1.0, key  # 14 or 7 classes: far above chance
+    assert quality["mmlu_pro_n"] == 196 and quality["healthcare_test_n"] > 0
+    text = tables(report)
+    assert STATIC in text and f"load_avg_1m {report['load_avg_1m']}" in text
+    assert str(speed["batch_decisions_per_s"]) in text
+
+
+def test_deltas_are_points_against_minilm() -> None:
+    q = {"mmlu_pro_knn_acc": 0.5, "mmlu_pro_logreg_acc": 0.6, "healthcare_test_acc": 0.8}
+    results: dict[str, dict[str, Any]] = {
+        "minilm": {"quality": dict(q)},
+        STATIC: {"quality": {**q, "mmlu_pro_knn_acc": 0.455}},
+    }
+    add_deltas(results)
+    assert results[STATIC]["quality"]["delta_pts_vs_minilm"] == {
+        "mmlu_pro_knn_acc": -4.5,
+        "mmlu_pro_logreg_acc": 0.0,
+        "healthcare_test_acc": 0.0,
+    }
+
+
+def test_gateway_serves_the_named_encoder(static_encoder: str, data_dir: Path) -> None:
+    q = load_queries(data_dir, 10)
+    results: dict[str, dict[str, Any]] = {STATIC: {}}
+    asyncio.run(gateways([static_encoder], q, TINY.gateway, results))
+    g = results[STATIC]["gateway"]
+    assert "error" not in g, g.get("error")
+    assert g["errors"] == 0
+    assert not g["torch_loaded"]  # the static encoder serves without torch
+    assert g["rss_mib"] > 30
+    assert g["route_short_p50_ms"] > 0 and g["route_long_p50_ms"] > 0
+    for level in (1, 4):
+        row = g[f"chat_c{level}"]
+        assert row["routed"]["n"] == row["named"]["n"] == 12
+        assert row["routed"]["rps"] > 0 and row["ratio_rps"] > 0
