@@ -327,15 +327,17 @@ class StaticBackend:
         encs = self.tokenizer.encode_batch(
             [clip_chars(t, self.max_tokens) for t in texts], add_special_tokens=False
         )
+        kept = [head_tail([t for t in e.ids if t != self.unk], self.max_tokens) for e in encs]
+        lengths = np.fromiter((len(k) for k in kept), dtype=np.int64, count=len(kept))
         out = np.zeros((len(encs), self.dim), dtype=np.float32)
-        for i, e in enumerate(encs):
-            ids = head_tail([t for t in e.ids if t != self.unk], self.max_tokens)
-            if not ids:
-                continue
-            rows = np.asarray(ids, dtype=np.int64)
+        full = np.flatnonzero(lengths)  # an empty (or all-unknown) text stays the zero vector
+        if full.size:
+            rows = np.fromiter((t for k in kept for t in k), dtype=np.int64)
             if self.mapping is not None:
                 rows = self.mapping[rows]
-            out[i] = self.table[rows].mean(axis=0)
+            starts = np.concatenate(([0], np.cumsum(lengths[full])[:-1]))
+            sums = np.add.reduceat(self.table[rows], starts, axis=0)  # one gather, one reduce
+            out[full] = sums / lengths[full, None]
         return _normalise(out)
 
 
