@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from coe.routing import encoders as encoders_module
 from coe.routing.encoders import EncoderCache
 
 
@@ -24,12 +23,9 @@ def cache_dir() -> Path:
 
 
 def encoder_identity(encoders: EncoderCache, spec: str | None = None) -> str:
-    """What names the encoder's vectors: `encoders.identity(spec)` (kind, model file, token
-    limit) where the encoder cache offers it, else the spec itself, else the default model."""
-    identity = getattr(encoders, "identity", None) or getattr(encoders_module, "identity", None)
-    if callable(identity):
-        return str(identity(spec))
-    return str(spec) if spec is not None else str(encoders.resolve())
+    """What names the encoder's vectors (kind, model files, token limit): a rebuilt or
+    different encoder never reads another's vectors."""
+    return encoders.identity(spec)
 
 
 def warm(encoders: EncoderCache, texts: Sequence[str], spec: str | None = None) -> None:

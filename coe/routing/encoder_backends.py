@@ -190,9 +190,9 @@ class SentenceTransformerBackend:
         budget = self.max_tokens - 2  # [CLS] and [SEP]
         if len(text) <= budget:  # a token covers at least one character
             return text
-        spans = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
-            "offset_mapping"
-        ]
+        spans = self.model.tokenizer(
+            text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
         if len(spans) <= budget:
             return text
         kept = head_tail(list(range(len(spans))), budget)

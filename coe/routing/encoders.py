@@ -125,7 +125,11 @@ class EncoderCache:
     def identity(self, spec: str | Path | EncoderSpec | None = None) -> str:
         """A stable name for the vectors this encoder makes (disk caches key by it)."""
         s = self.resolve(spec)
-        return f"{s.kind}:{s.located()}:{s.max_tokens}"
+        where = s.located()
+        weights = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
+        weights += [] if where.is_file() else sorted(where.glob("*.onnx"))
+        stamp = ",".join(f"{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+        return f"{s.kind}:{where}:{s.max_tokens}:{stamp}"
 
     def model(self, spec: str | Path | EncoderSpec | None = None) -> Backend:
         """The loaded encoder for `spec` (loaded on first use, then shared)."""
