@@ -15,6 +15,7 @@ from coe.routing.encoder_backends import (
     clip_chars,
     default_static_path,
     head_tail,
+    length_buckets,
     parse_spec,
 )
 from coe.routing.encoder_build import build_static
@@ -73,6 +74,17 @@ def test_head_tail_keeps_both_ends() -> None:
     text = "a" * 5000 + "QUESTION"
     clipped = clip_chars(text, 64)
     assert len(clipped) <= 64 * 8 + 1 and clipped.endswith("QUESTION")
+
+
+def test_length_buckets_do_not_pad_short_texts_to_long_ones() -> None:
+    lengths = [12, 300, 10, 11, 250, 14, 13, 9]
+    buckets = length_buckets(lengths, batch_size=4)
+    assert sorted(int(i) for b in buckets for i in b) == list(range(8))  # each text once
+    assert all(len(b) <= 4 for b in buckets)
+    for b in buckets:  # a call's longest is near its shortest
+        sizes = [lengths[i] for i in b]
+        assert max(sizes) <= min(sizes) * 1.3 + 8
+    assert [sorted(int(i) for i in b) for b in buckets] == [[0, 2, 3, 7], [5, 6], [1, 4]]
 
 
 @pytest.mark.embed
