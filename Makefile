@@ -41,10 +41,13 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/gateway_overhead.py
 
-# docs/routing-eval.md from the shared data sets (DATA=...), every encoder side by side.
+# docs/routing-eval.md from the shared data sets (DATA=...): the speed benchmark, then the
+# quality report with it, every encoder side by side (about half an hour on two cores).
 DATA ?= ../shared/data
+SPEED ?= $(or $(TMPDIR),/tmp)/coe-routing-bench.json
 eval: setup
-	$(BIN)/python tools/routing_report.py --data-dir $(DATA) --out docs/routing-eval.md
+	$(BIN)/python bench/routing_bench.py --data-dir $(DATA) --json-out $(SPEED)
+	$(BIN)/python tools/routing_report.py --data-dir $(DATA) --out docs/routing-eval.md --speed $(SPEED)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

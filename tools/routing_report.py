@@ -325,10 +325,10 @@ def write_report(s: Setup, out: Path, encs: list[Encoder], speed: Path | None = 
     )
     doc = f"""# Routing evaluation
 
-Regenerate with one command (from the repository root; encodings are cached under
-`~/.cache/coe/embeddings`, so reruns take minutes):
-
-    python tools/routing_report.py --data-dir ../shared/data --out docs/routing-eval.md
+Regenerate with one command, `make eval` (from the repository root): it runs
+`bench/routing_bench.py --json-out FILE`, then
+`python tools/routing_report.py --data-dir ../shared/data --out docs/routing-eval.md --speed FILE`.
+Encodings are cached under `~/.cache/coe/embeddings`, so reruns of the report take minutes.
 
 Written on {dt.date.today().isoformat()}; encoders: {", ".join(e.label for e in encs)} (the
 detailed sections use `{enc.label}`). Every number comes from the router classes in
