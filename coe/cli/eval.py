@@ -48,7 +48,11 @@ def _emit(result: dict[str, Any]) -> None:
 
 
 common = [
-    click.option("--encoder", help="local sentence-transformers folder (default: MiniLM package)"),
+    click.option(
+        "--encoder",
+        help="minilm, minilm-int8, minilm-static, KIND:PATH or a sentence-transformers "
+        "folder (default: minilm)",
+    ),
     click.option("--set", "sets", multiple=True, help="router param override KEY=JSON"),
     click.option(
         "--embed-cache/--no-embed-cache",
