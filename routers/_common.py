@@ -12,6 +12,7 @@ import numpy as np
 
 from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, RouterDeps
 from coe.routing.encoders import EncoderCache
+from coe.routing.index import ExactIndex, Index
 
 
 def encoders_of(deps: RouterDeps) -> EncoderCache:
@@ -82,6 +83,29 @@ def per_label_neighbours(
             agg = total / max(need, 1)
         out[hit, j] = agg[hit]
     return out
+
+
+def knn_label_scores(
+    index: Index,
+    q: np.ndarray,
+    label_idx: np.ndarray,
+    n_labels: int,
+    k: int,
+    aggregate: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(queries x labels) kNN label scores, and each query's nearest-example cosine, from
+    either kind of index: the exact per-label path over every example (similarity matrices
+    bounded to 64 MiB), or labels scored from the neighbours the approximate index finds."""
+    if isinstance(index, ExactIndex):
+        step = max(1, (1 << 24) // max(len(index), 1))
+        raw, nearest = [], []
+        for i in range(0, max(q.shape[0], 1), step):
+            sims = index.similarities(q[i : i + step])
+            raw.append(per_label_topk(sims, label_idx, n_labels, k, aggregate))
+            nearest.append(sims.max(axis=1))
+        return np.concatenate(raw), np.concatenate(nearest)
+    near, ids = index.search(q, max(k * n_labels, 64))
+    return per_label_neighbours(near, ids, label_idx, n_labels, k, aggregate), near[:, 0]
 
 
 def neighbour_outcomes(

@@ -20,13 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
 from coe.routing.data import LabelledExample, load_labelled, load_models
-from coe.routing.index import APPROXIMATE_FROM, ExactIndex, Index, IndexKind, build_index
+from coe.routing.index import APPROXIMATE_FROM, Index, IndexKind, build_index
 
 from ._common import (
     encoders_of,
     expert_scores,
-    per_label_neighbours,
-    per_label_topk,
+    knn_label_scores,
     resolve_path,
     softmax,
 )
@@ -166,23 +165,16 @@ class CategoryRouter(Router):
         """(probabilities, nearest-example cosine) per query row."""
         p = self.params
         n_labels = len(self.labels)
-        knn = p.classifier == "knn"
-        raw: np.ndarray | None = None
-        if isinstance(self._index, ExactIndex):
-            sims = self._index.similarities(q)
-            nearest = sims.max(axis=1)
-            if knn:
-                raw = per_label_topk(sims, self._label_idx, n_labels, p.k, p.aggregate)
-        else:  # approximate: only the neighbours the index finds
-            near, ids = self._index.search(q, max(p.k * n_labels, 64) if knn else 1)
-            nearest = near[:, 0]
-            if knn:
-                raw = per_label_neighbours(near, ids, self._label_idx, n_labels, p.k, p.aggregate)
+        if p.classifier == "knn":
+            raw, nearest = knn_label_scores(
+                self._index, q, self._label_idx, n_labels, p.k, p.aggregate
+            )
+            return softmax(raw, p.temperature), nearest
+        near, _ = self._index.search(q, 1)
+        nearest = near[:, 0]
         if self._clf is not None:
             return np.asarray(self._clf.predict_proba(q)), nearest
-        if raw is None:  # centroid
-            raw = q @ self._centroids.T
-        return softmax(raw, p.temperature), nearest
+        return softmax(q @ self._centroids.T, p.temperature), nearest
 
     async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
         return (await self.route_batch([query], ctx))[0]

@@ -27,10 +27,9 @@ from coe.routing.index import APPROXIMATE_FROM, ExactIndex, Index, IndexKind, bu
 
 from ._common import (
     encoders_of,
+    knn_label_scores,
     labelled_decision,
     neighbour_outcomes,
-    per_label_neighbours,
-    per_label_topk,
     resolve_path,
     softmax,
 )
@@ -159,24 +158,9 @@ class EmbeddingRouter(Router):
         """(queries x labels) kNN or centroid scores."""
         p = self.params
         index, n_labels = self._index, len(self.labels)
-        if isinstance(index, ExactIndex):  # every example scored: the exact per-label path
-            if p.mode == "centroid":
-                return index.similarities(q)
-            step = max(1, (1 << 24) // len(index))  # bound the similarity matrix to 64 MiB
-            return np.concatenate(
-                [
-                    per_label_topk(
-                        index.similarities(q[i : i + step]),
-                        self._label_idx,
-                        n_labels,
-                        p.k,
-                        p.aggregate,
-                    )
-                    for i in range(0, max(q.shape[0], 1), step)
-                ]
-            )
-        near, ids = index.search(q, max(p.k * n_labels, 64))
-        return per_label_neighbours(near, ids, self._label_idx, n_labels, p.k, p.aggregate)
+        if isinstance(index, ExactIndex) and p.mode == "centroid":  # always exact: few vectors
+            return index.similarities(q)
+        return knn_label_scores(index, q, self._label_idx, n_labels, p.k, p.aggregate)[0]
 
     def _decide(self, q: np.ndarray, ctx: RouteContext) -> list[RouteDecision]:
         p = self.params

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coe.routing.encoders import EncoderCache
 from coe.store.redis_store import RedisStore
 from tests.support.net import free_port
 from tests.support.redis import isolated_redis_store
@@ -27,6 +28,15 @@ REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 def data_dir() -> Path:
     """Small slices of the shared routing data sets (see tests/data/README.md)."""
     return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def encoders() -> EncoderCache:
+    """The real MiniLM encoder, loaded once per session; the memo makes each data slice
+    encode once per session, not once per router built."""
+    enc = EncoderCache(memo_size=50_000)
+    enc.model()
+    return enc
 
 
 @pytest.fixture

@@ -30,14 +30,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def encoders() -> EncoderCache:
-    # The memo makes each data slice encode once per session, not once per router built.
-    enc = EncoderCache(memo_size=50_000)
-    enc.model()
-    return enc
-
-
-@pytest.fixture(scope="session")
 def mmlu(data_dir: Path) -> tuple[list[LabelledExample], list[LabelledExample]]:
     """MMLU-Pro: 10 questions per category to train on, the next 4 to test (14 categories)."""
     items = load_labelled(data_dir / "mmlu_pro" / "validation.jsonl")
