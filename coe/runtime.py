@@ -193,9 +193,12 @@ async def build_runtime(
     metrics: Metrics | None = None,
     serve_admin: bool = True,
     transport: httpx.AsyncBaseTransport | None = None,
+    routers: bool = True,
 ) -> Runtime:
     """`serve_admin=False` for processes with no admin API (workers, the CLI). `transport`
-    replaces the network for expert calls (in-process tests: `httpx.ASGITransport`)."""
+    replaces the network for expert calls (in-process tests: `httpx.ASGITransport`).
+    `routers=False` builds an engine that only answers plans routed elsewhere (no router,
+    no encoder is loaded): what a batch stage that generates needs."""
     admin_token = _admin_token(settings) if serve_admin else ""
     config_path = Path(settings.experts_file)
     given = config is not None
@@ -236,9 +239,13 @@ async def build_runtime(
         pools = PoolStates(http, config)
         await pools.start()
         client = ExpertClient(http, liveness=pools, observer=metrics)
-        encoders = _encoder_cache(settings)
-        engine = await build_engine(
-            config, registry, client, store, base_dir, encoders=bound_encoders(encoders, config)
+        encoders = _encoder_cache(settings) if routers else None
+        engine = (
+            await build_engine(
+                config, registry, client, store, base_dir, encoders=bound_encoders(encoders, config)
+            )
+            if routers
+            else Engine(config, registry, client, {})
         )
         rebuilds = await store.get(keys.ROUTERS_REBUILD)
     except BaseException:

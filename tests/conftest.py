@@ -46,6 +46,24 @@ async def redis_store() -> AsyncIterator[RedisStore]:
         yield store
 
 
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray (two CPUs, no dashboard) for the whole session; the Ray batch engine
+    uses the Ray it finds running."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=512 * 1024 * 1024,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 @dataclass(frozen=True)
 class LiveExpert:
     base_url: str

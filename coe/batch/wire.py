@@ -25,7 +25,7 @@ class ParsedLine:
     is_json: bool = True  # False: the line is not a JSON object at all
 
 
-def _parse_line(index: int, raw: str, seen: set[str]) -> ParsedLine:
+def parse_line(index: int, raw: str, seen: set[str]) -> ParsedLine:
     fallback_id = f"line-{index + 1}"
     try:
         data = json.loads(raw)
@@ -102,7 +102,7 @@ def read_batch_file(text: str, max_lines: int) -> tuple[list[ParsedLine], list[F
         message = f"batch file has {len(raw_lines)} lines; the limit is {max_lines}"
         return [], [FileProblem("too_many_requests", message)]
     seen: set[str] = set()
-    lines = [_parse_line(i, raw, seen) for i, raw in enumerate(raw_lines)]
+    lines = [parse_line(i, raw, seen) for i, raw in enumerate(raw_lines)]
     if not any(ln.is_json for ln in lines):
         problems = [
             FileProblem("invalid_json_line", ln.error or "", ln.index + 1) for ln in lines[:10]

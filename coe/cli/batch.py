@@ -141,18 +141,115 @@ def _check_status(r: httpx.Response) -> None:
 
 
 @batch_group.command("run")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="where the output lines go (a path or URI)")
 @click.option("--config", "-c", help="experts.yaml path (COE_EXPERTS_FILE)")
-@click.option("--workers", default=2, show_default=True, help="concurrent work units")
-def run(file: Path, output: Path, config: str | None, workers: int) -> None:
-    """Route and answer FILE in this process (embedded store); results to OUTPUT."""
-    overrides: dict[str, Any] = {"redis_url": None, "batch_worker": False}
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process, embedded store; ray: a Ray cluster (Ray Data)",
+)
+@click.option("--workers", default=2, show_default=True, help="local: concurrent work units")
+@click.option("--address", help="ray: the cluster (ray://head:10001 or auto); default local Ray")
+@click.option("--num-cpus", type=int, help="ray: CPUs of a local Ray")
+@click.option("--route-actors", default=2, show_default=True, help="ray: routing actors (max)")
+@click.option("--answer-actors", default=2, show_default=True, help="ray: actors per expert group")
+@click.option("--in-flight", default=16, show_default=True, help="ray: requests per actor")
+@click.option(
+    "--experts-at-once",
+    default=1,
+    show_default=True,
+    help="ray: expert groups answered together (1: one after another, each model loaded once)",
+)
+@click.option("--max-retries", default=3, show_default=True, help="ray: restarts of a dead actor")
+def run(
+    inputs: tuple[str, ...],
+    output: str,
+    config: str | None,
+    engine: str,
+    workers: int,
+    address: str | None,
+    num_cpus: int | None,
+    route_actors: int,
+    answer_actors: int,
+    in_flight: int,
+    experts_at_once: int,
+    max_retries: int,
+) -> None:
+    """Route and answer INPUTS (OpenAI batch JSONL; with --engine ray also Parquet, folders
+    and shared-storage URIs); one output line per input line, in input order.
+
+    The local engine runs here on the embedded store; the Ray engine runs on a Ray cluster
+    and uses COE_REDIS_URL when set (registered experts, the stored routing config)."""
+    overrides: dict[str, Any] = {"batch_worker": False}
     if config:
         overrides["experts_file"] = Path(config)
-    settings = Settings(**overrides)
-    counts = asyncio.run(_run_local(settings, file, output, workers))
+    if engine == "ray":
+        counts = _run_ray(
+            Settings(**overrides),
+            inputs,
+            output,
+            address,
+            num_cpus,
+            route_actors,
+            answer_actors,
+            in_flight,
+            experts_at_once,
+            max_retries,
+        )
+        click.echo(json.dumps(counts), err=True)
+        return
+    if len(inputs) != 1 or not Path(inputs[0]).is_file():
+        raise click.ClickException(
+            "the local engine takes one JSONL file (--engine ray takes more)"
+        )
+    settings = Settings(redis_url=None, **overrides)
+    counts = asyncio.run(_run_local(settings, Path(inputs[0]), Path(output), workers))
     click.echo(json.dumps(counts), err=True)
+
+
+def _run_ray(
+    settings: Settings,
+    inputs: tuple[str, ...],
+    output: str,
+    address: str | None,
+    num_cpus: int | None,
+    route_actors: int,
+    answer_actors: int,
+    in_flight: int,
+    experts_at_once: int,
+    max_retries: int,
+) -> dict[str, Any]:
+    try:
+        import ray  # noqa: F401 - only to say what is missing
+    except ImportError as err:
+        raise click.ClickException(
+            f"--engine ray needs the ray extra (pip install 'coe[ray]'): {err}"
+        ) from None
+    from coe.batch.on_ray import RayOptions, run_on_ray
+    from coe.errors import CoeError
+    from coe.experts.schema import load_config
+
+    # the actors see this process's coe settings (and offline-model switches), wherever they run
+    env = {k: v for k, v in os.environ.items() if k.startswith(("COE_", "HF_", "TOKENIZERS_"))}
+    options = RayOptions(
+        env=env,
+        address=address,
+        num_cpus=num_cpus,
+        route_actors=route_actors,
+        answer_actors=answer_actors,
+        in_flight=in_flight,
+        experts_at_once=experts_at_once,
+        max_retries=max_retries,
+    )
+    try:
+        config = load_config(Path(settings.experts_file))
+        summary = run_on_ray(list(inputs), output, settings, config, options)
+    except CoeError as err:
+        raise click.ClickException(err.message) from None
+    return summary.to_dict()
 
 
 async def _run_local(settings: Settings, file: Path, output: Path, workers: int) -> dict[str, int]:
