@@ -25,6 +25,7 @@ from coe.dispatch.liveness import PoolStates
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
 from coe.observability import Metrics
+from coe.observability.activity import Activity
 from coe.pipeline import Engine, build_engine
 from coe.routing.live import LiveRouting, Swapped, bound_encoders, startup_config
 from coe.routing.shared_config import describe_source
@@ -49,6 +50,7 @@ class Runtime:
     admin_token: str
     base_dir: Path
     batch_jobs: BatchJobs
+    activity: Activity  # routing decisions and recent requests, for the console
     encoders: Any = None
     pools: PoolStates | None = None  # what each pool service publishes; no pool runs here
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -67,6 +69,8 @@ class Runtime:
         """A gateway's background work: follow the other replicas' changes and, without
         Redis (or when asked), run a batch worker in this process."""
         self.follow_changes()
+        self.export_batch_lines()
+        self.tasks.append(asyncio.create_task(self.activity.run(self.stopping), name="activity"))
         in_process = self.settings.batch_worker
         if in_process is None:
             in_process = self.settings.redis_url is None  # nobody else would run the jobs
@@ -76,6 +80,14 @@ class Runtime:
             self.tasks.append(
                 asyncio.create_task(supervise("batch worker", lambda: worker.run(stop)))
             )
+
+    def export_batch_lines(self) -> None:
+        """Export recent batch jobs' lines (`coe_batch_job_lines`) from a snapshot that a
+        background task refreshes; gateways and workers both."""
+        lines = self.metrics.export_batch_jobs(self.batch_jobs)
+        self.tasks.append(
+            asyncio.create_task(supervise("batch job lines", lambda: lines.run(self.stopping)))
+        )
 
     def follow_changes(self) -> None:
         """Follow registry, key, config and rebuild notices from other replicas (and poll as
@@ -285,6 +297,7 @@ async def build_runtime(
         admin_token=admin_token,
         base_dir=base_dir,
         batch_jobs=BatchJobs.from_settings(store, settings),
+        activity=Activity(store),
         encoders=encoders,
         pools=pools,
         replica_id=replica_id,

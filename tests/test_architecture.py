@@ -36,7 +36,8 @@ RULES = [
     #    who                    never imports                 unless it is in
     Rule(("coe",),              ("coe.gateway",),             ("coe.gateway", "coe.cli")),
     Rule(("coe",),              ("fastapi", "starlette"),     ("coe.gateway", "coe.testing",
-                                                                  "coe.pool.service")),
+                                                                  "coe.pool.service",
+                                                                  "coe.console")),
     Rule(("coe.batch",),        ("coe.gateway",)),
     Rule(ENGINE,                FRONTS),
     Rule(("coe.routing",),      ("coe.eval",)),

@@ -228,6 +228,7 @@ class BatchWorker:
                 await self._fail(unit.job_id, line, plan)
                 await self.jobs.settle(unit.job_id, line.index)
             else:
+                self.metrics.observe_plan(plan)  # the decision's time: the line's share
                 await self.jobs.save_route(unit.job_id, line.index, plan.to_dict())
                 self.faults.hit("route:saved")
 
@@ -279,6 +280,7 @@ class BatchWorker:
         result = result_line(job_id, line.index, line.custom_id, body=body)
         if await self.jobs.write_result(job_id, line.index, result, failed=False):
             self.metrics.batch_items.labels("completed").inc()
+            self.metrics.observe_fallbacks([f.expert for f in answer.failures])
 
     async def _fail(self, job_id: str, line: Line, err: CoeError) -> None:
         error = (err.code or err.error_type, err.message)

@@ -339,11 +339,14 @@ async def _work(
     metrics_port: int | None,
     metrics_token: str | None,
 ) -> None:
+    from coe.observability import Metrics
     from coe.runtime import batch_worker, build_runtime
 
-    runtime = await build_runtime(settings, serve_admin=False)
+    metrics = Metrics(gateway=False)  # exports only what a worker moves
+    runtime = await build_runtime(settings, serve_admin=False, metrics=metrics)
     runtime.follow_changes()  # experts registered and configs reloaded after it started
     if metrics_port is not None:
+        runtime.export_batch_lines()  # coe_batch_job_lines, as the gateway's
         runtime.metrics.serve(metrics_port, settings.host, metrics_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -12,8 +12,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, Protocol
 
 import httpx
@@ -22,6 +22,7 @@ from coe.dispatch.expert_state import ExpertStates
 from coe.dispatch.http_errors import status_error, transport_error
 from coe.dispatch.replicas import Replica, ReplicaSet
 from coe.dispatch.sse import DONE, iter_sse_data
+from coe.dispatch.timing import ExpertCall, current_clock, has_token, paused, waiting
 from coe.errors import UpstreamError, UpstreamTimeout
 from coe.experts.schema import ExpertSpec
 from coe.security.redact import redact_text, redact_url
@@ -66,7 +67,7 @@ class Liveness(Protocol):
 class CallObserver(Protocol):
     """Told of every replica attempt (`coe.observability.Metrics` is one)."""
 
-    def observe_expert_call(self, expert: str, seconds: float, ok: bool) -> None: ...
+    def observe_expert_call(self, call: ExpertCall) -> None: ...
 
 
 class ExpertClient:
@@ -119,9 +120,9 @@ class ExpertClient:
         finally:
             state.busy -= 1
 
-    def _observe(self, expert: ExpertSpec, started: float, ok: bool) -> None:
+    def _observe(self, call: ExpertCall) -> None:
         if self.observer is not None:
-            self.observer.observe_expert_call(expert.name, time.perf_counter() - started, ok)
+            self.observer.observe_expert_call(call)
 
     def unavailable(self) -> set[str]:
         return self.liveness.unavailable() if self.liveness else set()
@@ -153,29 +154,45 @@ class ExpertClient:
         """A non-streaming chat completion; tries each replica once. `priority="batch"`
         marks offline work, which a pool service groups by expert (`sender`: whose)."""
         payload = prepare_body(expert, body, stream=False)
-        replicas = self.replicas(expert)
         headers = self.headers(expert, priority, sender)
+        with waiting(current_clock()):  # the slot too: waiting for the expert's capacity
+            async with self._slot(expert):
+                return await self._complete_on_replicas(expert, payload, headers)
+
+    async def _complete_on_replicas(
+        self, expert: ExpertSpec, payload: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        replicas = self.replicas(expert)
         last: UpstreamError | None = None
-        async with self._slot(expert):
-            for replica in self._attempts(expert):
-                replica.inflight += 1
-                started = time.perf_counter()
-                try:
-                    result = await self._post_json(expert, replica.url, payload, headers)
-                except UpstreamError as err:
-                    self._observe(expert, started, ok=False)
-                    last = err
-                    if not err.replica_retryable:
-                        raise
-                    replicas.failed(replica)
-                    # INFO: the caller (fallback) warns once per expert it gives up on
-                    log.info("expert %s replica failed: %s", expert.name, err.detail)
-                    continue
-                finally:
-                    replica.inflight -= 1
-                self._observe(expert, started, ok=True)
-                replicas.succeeded(replica)
-                return result
+        for replica in self._attempts(expert):
+            replica.inflight += 1
+            started = time.perf_counter()
+            try:
+                result = await self._post_json(expert, replica.url, payload, headers)
+            except UpstreamError as err:
+                self._observe(ExpertCall(expert.name, time.perf_counter() - started, False))
+                last = err
+                if not err.replica_retryable:
+                    raise
+                replicas.failed(replica)
+                # INFO: the caller (fallback) warns once per expert it gives up on
+                log.info("expert %s replica failed: %s", expert.name, err.detail)
+                continue
+            finally:
+                replica.inflight -= 1
+            seconds = time.perf_counter() - started
+            usage = result.get("usage")
+            self._observe(
+                ExpertCall(
+                    expert.name,
+                    seconds,
+                    True,
+                    generation_s=seconds,
+                    usage=usage if isinstance(usage, dict) else None,
+                )
+            )
+            replicas.succeeded(replica)
+            return result
         assert last is not None
         raise last
 
@@ -234,53 +251,98 @@ class ExpertClient:
     async def _stream_chunks(
         self, expert: ExpertSpec, replica: Replica, payload: dict[str, Any]
     ) -> AsyncIterator[dict[str, Any]]:
-        base = replica.url
+        """The upstream's chunks; the time spent waiting for them counts on the request's
+        upstream clock (not the time the reader holds each chunk), and the call is reported
+        to the observer at the stream's end, whole or broken."""
+        clock = current_clock()
+        with waiting(clock):  # the slot too: waiting for the expert's capacity
+            async with self._slot(expert):
+                replica.inflight += 1
+                call = _StreamTimes()
+                chunks = self._read_stream(expert, replica.url, payload, call)
+                try:
+                    async with aclosing(chunks):  # a reader that stops closes the upstream
+                        async for chunk in chunks:
+                            with paused(clock):
+                                yield chunk
+                finally:
+                    replica.inflight -= 1
+                    self._observe(call.report(expert.name))
+
+    async def _read_stream(
+        self, expert: ExpertSpec, base: str, payload: dict[str, Any], call: _StreamTimes
+    ) -> AsyncGenerator[dict[str, Any], None]:
         url = f"{base}/v1/chat/completions"
         what = f"expert {expert.name} at {redact_url(base)}"
-        async with self._slot(expert):
-            replica.inflight += 1
-            started = time.perf_counter()
-            ok = False
-            try:
-                async with self.http.stream(
-                    "POST",
-                    url,
-                    json=payload,
-                    headers=self.headers(expert),
-                    timeout=self._timeout(expert),
-                ) as resp:
-                    if resp.status_code >= 400:
-                        text = (await resp.aread()).decode(errors="replace")
-                        raise status_error(
-                            resp.status_code, text, what, expert=expert.name, url=base, public=True
+        try:
+            async with self.http.stream(
+                "POST",
+                url,
+                json=payload,
+                headers=self.headers(expert),
+                timeout=self._timeout(expert),
+            ) as resp:
+                if resp.status_code >= 400:
+                    text = (await resp.aread()).decode(errors="replace")
+                    raise status_error(
+                        resp.status_code, text, what, expert=expert.name, url=base, public=True
+                    )
+                done = False
+                async for data in iter_sse_data(resp.aiter_lines()):
+                    if data.strip() == DONE:
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as err:
+                        raise _invalid(expert, base, "sent an invalid stream event") from err
+                    if isinstance(chunk, dict) and "error" in chunk:
+                        raise _invalid(
+                            expert,
+                            base,
+                            "reported an error mid-stream",
+                            said=json.dumps(chunk["error"])[:300],
                         )
-                    done = False
-                    async for data in iter_sse_data(resp.aiter_lines()):
-                        if data.strip() == DONE:
-                            done = True
-                            break
-                        try:
-                            chunk = json.loads(data)
-                        except ValueError as err:
-                            raise _invalid(expert, base, "sent an invalid stream event") from err
-                        if isinstance(chunk, dict) and "error" in chunk:
-                            raise _invalid(
-                                expert,
-                                base,
-                                "reported an error mid-stream",
-                                said=json.dumps(chunk["error"])[:300],
-                            )
-                        yield chunk
-                    if not done:
-                        raise _invalid(expert, base, "ended its stream before [DONE]")
-                    ok = True
-            except httpx.HTTPError as err:
-                raise transport_error(
-                    err, f"{what} (streaming)", expert=expert.name, url=base, public=True
-                ) from err
-            finally:
-                replica.inflight -= 1
-                self._observe(expert, started, ok=ok)
+                    call.saw(chunk)
+                    yield chunk
+                if not done:
+                    raise _invalid(expert, base, "ended its stream before [DONE]")
+                call.ok = True
+        except httpx.HTTPError as err:
+            raise transport_error(
+                err, f"{what} (streaming)", expert=expert.name, url=base, public=True
+            ) from err
+
+
+class _StreamTimes:
+    """A stream's timings as its chunks arrive: sent, first generated token, end."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+        self.usage: dict[str, Any] | None = None
+        self.ok = False
+
+    def saw(self, chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            return
+        if self.first_token is None and has_token(chunk):
+            self.first_token = time.perf_counter()
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+
+    def report(self, expert: str) -> ExpertCall:
+        ended = time.perf_counter()
+        first = self.first_token
+        return ExpertCall(
+            expert,
+            ended - self.started,
+            self.ok,
+            streamed=True,
+            ttft_s=None if first is None else first - self.started,
+            generation_s=None if first is None else ended - first,
+            usage=self.usage,
+        )
 
 
 def _invalid(expert: ExpertSpec, base: str, what: str, said: str = "") -> UpstreamError:

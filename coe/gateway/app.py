@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request, Response
 
 from coe import __version__
 from coe.config import Settings
+from coe.console import install_console
 from coe.experts.schema import CoeConfig
 from coe.gateway import admin_api, batch_api, chat_api, files_api, models_api, route_api
 from coe.gateway.auth import client_key
@@ -64,6 +65,7 @@ def create_app(
     app.include_router(files_api.router)  # these two check keys per call (files_api.caller)
     app.include_router(batch_api.router)
     app.include_router(admin_api.router)
+    install_console(app)  # /ui: the operators' console
 
     @app.get("/health")
     async def health() -> dict[str, str]:

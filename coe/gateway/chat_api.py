@@ -106,16 +106,16 @@ async def chat_completions(request: Request, runtime: RuntimeDep, rid: RequestId
     engine = runtime.engine
     plan = await engine.plan(body, rid)
     metrics = runtime.metrics
-    metrics.observe_route(plan.decision.router, plan.decision.chosen)
+    metrics.observe_plan(plan)  # its choices and the decision's time
+    seen = runtime.activity.watch(plan, rid, req.model, bool(req.stream))  # for the console
     if req.stream:
         want_usage = bool((req.stream_options or {}).get("include_usage"))
         if plan.fans_out:
-            return await _fan_out_stream(engine, plan, body, rid, want_usage, metrics)
-        opened = await engine.open_stream(plan, body)
+            return await seen.answer(_fan_out_stream(engine, plan, body, rid, want_usage, metrics))
+        opened = await seen.answer(engine.open_stream(plan, body))
         return _streaming(plan, opened, rid, want_usage, metrics)
-    answer = await engine.complete(plan, body)
+    answer = await seen.answer(engine.complete(plan, body))
     metrics.observe_fallbacks([f.expert for f in answer.failures])
-    metrics.observe_usage(answer.expert, answer.body.get("usage"))
     response = dict(answer.body)
     response["coe"] = coe_meta(plan, answer, rid, response.get("model"))
     response["model"] = answer.expert
@@ -204,8 +204,6 @@ async def _sse(
         yield encode_event(_usage_filtered(first, want_usage) or first)
         try:
             async for chunk in rest:
-                if chunk.get("usage"):
-                    metrics.observe_usage(answer.expert, chunk["usage"])
                 out = _usage_filtered({**chunk, "model": answer.expert}, want_usage)
                 if out is not None:
                     yield encode_event(out)

@@ -14,6 +14,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coe.dispatch.timing import UpstreamClock, measure_upstream, stop_measuring
 from coe.errors import RequestTimeout, error_body
 from coe.observability import Metrics, bind_request_id
 from coe.observability.logs import reset_request_id
@@ -65,6 +66,7 @@ class RequestContext:
         token = bind_request_id(rid)
         status = 500
         started = time.perf_counter()
+        upstream: UpstreamClock | None = None  # time spent waiting on experts, when routed
         self.metrics.in_flight.inc()
 
         async def send_wrapped(message: Message) -> None:
@@ -123,16 +125,24 @@ class RequestContext:
                 )
                 return
             self.admitted += admit
+            measuring = None
+            if admit:
+                upstream, measuring = measure_upstream()
             try:
                 await self.app(scope, self._limited(receive), send_wrapped)
             finally:
                 self.admitted -= admit
+                if measuring is not None:
+                    stop_measuring(measuring)
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(path).observe(elapsed)
+            if upstream is not None:  # what the gateway itself added to the experts' time
+                self.metrics.observe_overhead(path, elapsed - upstream.seconds)
             reset_request_id(token)
 
     def _limited(self, receive: Receive) -> Receive:

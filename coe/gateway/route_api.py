@@ -6,6 +6,7 @@ explains exactly what the same chat request would do.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -38,7 +39,11 @@ async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dic
         raise InvalidRequest("Give either `query` or `messages`", param="query")
     engine = runtime.engine
     target = engine.target(req.model, req.coe)
+    started = time.perf_counter()
     decision = await engine.decide(target, query, rid, req.coe)
+    runtime.metrics.observe_decision(
+        target.pipeline, decision.router, time.perf_counter() - started
+    )
     return {
         "object": "coe.route",
         "model": req.model,

@@ -23,33 +23,59 @@ from coe.errors import ConfigError, Unauthorized
 from coe.security.tokens import token_matches
 
 if TYPE_CHECKING:
+    from coe.dispatch.timing import ExpertCall
+    from coe.observability.batch_lines import JobLines, JobSource
+    from coe.pipeline import Plan
     from coe.pool.metrics import PoolMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 UNIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 GROUP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+# Work of the gateway's own (a routing decision, the overhead around expert calls)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+RATE_BUCKETS = (1, 2.5, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2500, 5000)
+DIRECT = "direct"  # the pipeline label of a request that named an expert, not a pipeline
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """One process's metrics. `gateway=False` (workers) keeps the families only a gateway
+    moves (HTTP requests, streamed calls, rate limits) off the exported registry, so that
+    every family a process exports is one it can move."""
+
+    def __init__(self, gateway: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        g = r if gateway else CollectorRegistry()  # kept, not exported, outside a gateway
         self.requests = Counter(
-            "coe_requests", "HTTP requests served", ["method", "path", "status"], registry=r
+            "coe_requests", "HTTP requests served", ["method", "path", "status"], registry=g
         )
         self.latency = Histogram(
             "coe_request_latency_seconds",
             "Request latency (to the last byte)",
             ["path"],
             buckets=LATENCY_BUCKETS,
-            registry=r,
+            registry=g,
         )
-        self.in_flight = Gauge("coe_requests_in_flight", "Requests being served", registry=r)
+        self.in_flight = Gauge("coe_requests_in_flight", "Requests being served", registry=g)
         self.tokens = Counter(
             "coe_tokens", "Tokens used, by expert and kind", ["expert", "kind"], registry=r
         )
         self.routed = Counter(
             "coe_route_decisions", "Routing choices", ["router", "expert"], registry=r
+        )
+        self.route_seconds = Histogram(
+            "coe_route_decision_seconds",
+            "Time to decide a route (a batch line: its share of its range's decision)",
+            ["pipeline", "router"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "coe_gateway_overhead_seconds",
+            "Request wall time minus the time spent waiting on experts",
+            ["path"],
+            buckets=FAST_BUCKETS,
+            registry=g,
         )
         self.fallbacks = Counter(
             "coe_fallbacks", "Experts skipped after a failure", ["expert"], registry=r
@@ -61,8 +87,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.expert_ttft = Histogram(
+            "coe_expert_ttft_seconds",
+            "Streamed expert calls: from sending the request to the first generated token",
+            ["expert"],
+            buckets=LATENCY_BUCKETS,
+            registry=g,
+        )
+        self.expert_rate = Histogram(
+            "coe_expert_tokens_per_second",
+            "Completion tokens per second of generation (a stream: first token to end)",
+            ["expert"],
+            buckets=RATE_BUCKETS,
+            registry=r,
+        )
         self.rate_limited = Counter(
-            "coe_rate_limited", "Requests refused by a key's rate limit", registry=r
+            "coe_rate_limited", "Requests refused by a key's rate limit", registry=g
         )
         self.batch_items = Counter(
             "coe_batch_items",
@@ -122,9 +162,30 @@ class Metrics:
 
         self.registry.register(PoolCollector(pool_metrics))
 
+    def export_batch_jobs(self, jobs: JobSource) -> JobLines:
+        """Export the lines of recent batch jobs (`coe_batch_job_lines`) from a snapshot;
+        the caller runs the returned collector's `run` to keep it fresh."""
+        from coe.observability.batch_lines import JobLines
+
+        lines = JobLines(jobs)
+        self.registry.register(lines)
+        return lines
+
     def observe_route(self, router: str, experts: list[str]) -> None:
         for expert in experts:
             self.routed.labels(router, expert).inc()
+
+    def observe_decision(self, pipeline: str | None, router: str, seconds: float) -> None:
+        self.route_seconds.labels(pipeline or DIRECT, router).observe(seconds)
+
+    def observe_plan(self, plan: Plan) -> None:
+        """A routed request (or batch line): its choices and the time its decision took."""
+        decision = plan.decision
+        self.observe_route(decision.router, decision.chosen)
+        self.observe_decision(plan.target.pipeline, decision.router, plan.route_ms / 1000)
+
+    def observe_overhead(self, path: str, seconds: float) -> None:
+        self.overhead.labels(path).observe(max(seconds, 0.0))
 
     def observe_usage(self, expert: str, usage: Mapping[str, Any] | None) -> None:
         if not usage:
@@ -134,9 +195,15 @@ class Metrics:
             if isinstance(value, int) and value > 0:
                 self.tokens.labels(expert, kind.removesuffix("_tokens")).inc(value)
 
-    def observe_expert_call(self, expert: str, seconds: float, ok: bool) -> None:
-        """`ExpertClient`'s observer: one replica attempt."""
-        self.expert_latency.labels(expert, "ok" if ok else "error").observe(seconds)
+    def observe_expert_call(self, call: ExpertCall) -> None:
+        """`ExpertClient`'s observer: one replica attempt (a stream: at its end)."""
+        self.expert_latency.labels(call.expert, "ok" if call.ok else "error").observe(call.seconds)
+        if call.ttft_s is not None:
+            self.expert_ttft.labels(call.expert).observe(call.ttft_s)
+        rate = call.tokens_per_second
+        if rate is not None:
+            self.expert_rate.labels(call.expert).observe(rate)
+        self.observe_usage(call.expert, call.usage)
 
     def observe_fallbacks(self, experts: list[str]) -> None:
         for expert in experts:

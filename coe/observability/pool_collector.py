@@ -13,7 +13,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from coe.pool.metrics import Histogram, PoolMetrics
+from coe.pool.metrics import SHOWN_STATES, Histogram, PoolMetrics
 
 
 class PoolCollector(Collector):
@@ -37,9 +37,25 @@ class PoolCollector(Collector):
             failures.add_metric([pool, expert], n)
         for (pool, expert), n in list(m.queue_depth.items()):
             depth.add_metric([pool, expert], n)
-        yield from (loads, unloads, failures, depth)
+        swaps = CounterMetricFamily("coe_pool_swaps", "Swaps started", labels=["pool"])
+        for pool, n in list(m.swaps.items()):
+            swaps.add_metric([pool], n)
+        resident = GaugeMetricFamily(
+            "coe_pool_resident",
+            "1 for the expert's state (resident, asleep, loading, unloaded), 0 for the others",
+            labels=["pool", "expert", "state"],
+        )
+        for (pool, expert), now in list(m.states.items()):
+            for state in SHOWN_STATES:
+                resident.add_metric([pool, expert, state], 1.0 if state == now else 0.0)
+        yield from (loads, unloads, failures, depth, swaps, resident)
         yield _histogram("coe_pool_swap_seconds", "Seconds per swap", m.swap_seconds)
         yield _histogram("coe_pool_wait_seconds", "Seconds waiting for a swap", m.wait_seconds)
+        yield _histogram(
+            "coe_pool_wake_seconds",
+            "Seconds for a load or wake to make an expert resident, as its controller took",
+            m.wake_seconds,
+        )
 
 
 def _histogram(

@@ -11,6 +11,9 @@ from typing import Any
 
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 SWAP_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# What Prometheus shows of an expert's state: on the device (resident), parked off it
+# (asleep), on its way (loading), or not held at all (stopped, unloading, unavailable).
+SHOWN_STATES = ("resident", "asleep", "loading", "unloaded")
 
 
 @dataclass
@@ -48,10 +51,23 @@ class PoolMetrics:
     swap_seconds: dict[Key, Histogram] = field(default_factory=dict)
     wait_seconds: dict[Key, Histogram] = field(default_factory=dict)
     queue_depth: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
+    swaps: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wake_seconds: dict[Key, Histogram] = field(default_factory=dict)
+    states: dict[Key, str] = field(default_factory=dict)  # one of SHOWN_STATES
+
+    def swap_started(self, pool: str) -> None:
+        self.swaps[pool] += 1
+
+    def state(self, pool: str, expert: str, state: str) -> None:
+        """The expert's state as the pool sets it (an `ExpertState` value)."""
+        value = str(state)
+        self.states[pool, expert] = value if value in SHOWN_STATES else "unloaded"
 
     def swapped_in(self, pool: str, expert: str, seconds: float) -> None:
+        """A load or wake done: `seconds` from asking the controller to its answer."""
         self.loads[pool, expert] += 1
         self._hist(self.swap_seconds, pool, expert, SWAP_BUCKETS).observe(seconds)
+        self._hist(self.wake_seconds, pool, expert, SWAP_BUCKETS).observe(seconds)
 
     def swapped_out(self, pool: str, expert: str, seconds: float) -> None:
         self.unloads[pool, expert] += 1

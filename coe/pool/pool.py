@@ -82,6 +82,8 @@ class Pool:
         self.metrics = metrics or PoolMetrics()
         self.observer = observer
         self._experts = {e: _Expert(controller.unloaded_state) for e in experts}
+        for expert in experts:
+            self.metrics.state(name, expert, controller.unloaded_state)
         self._wake_event = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._swap: asyncio.Task[None] | None = None
@@ -135,6 +137,7 @@ class Pool:
         self._experts[expert].state = state
         assert self.occupied() <= self.capacity, f"pool {self.name} over capacity"
         log.info("pool %s: %s is %s", self.name, expert, state.value)
+        self.metrics.state(self.name, expert, state)
         if self.observer is not None:
             self.observer(self, expert, state)
 
@@ -340,6 +343,7 @@ class Pool:
         return any(s is None or s not in moved_on for s in recent)
 
     def _start_swap(self, victim: str | None, target: str) -> None:
+        self.metrics.swap_started(self.name)
         self._swap = asyncio.create_task(self._do_swap(victim, target))
 
     async def _do_swap(self, victim: str | None, target: str) -> None:

@@ -130,3 +130,16 @@ def is_persistent(key: str) -> bool:
     from fnmatch import fnmatchcase
 
     return any(fnmatchcase(key, pattern) for pattern in PERSISTENT)
+
+
+# -- the console's activity: routing decisions per minute, the last requests (all expire) ---
+ACTIVITY_MIX = "activity:mix:"  # + "{minute}:{pipeline}|{router}|{expert}": int counter
+ACTIVITY_SEQ = "activity:seq"  # int counter: numbers the recorded requests
+
+
+def activity_mix(minute: int, combo: str) -> str:
+    return f"{ACTIVITY_MIX}{minute}:{combo}"  # int: decisions that minute (Unix time // 60)
+
+
+def activity_request(seq: int) -> str:
+    return f"activity:request:{seq}"  # JSON: one chat request and its decision
