@@ -229,8 +229,8 @@ def test_unknown_endpoint_host_is_reported(compose: dict[str, Any], tmp_path: Pa
     problems = check_config(load_config(bad), compose, "bad.yaml")
     assert problems == [
         "bad.yaml: expert coder endpoint http://expert-coder:8000: host 'expert-coder' is not "
-        "a service in docker-compose.yml (services: expert-cpu, gateway, lb, pool-gpu0, redis, "
-        "vllm-coder, vllm-generalist, vllm-math-tutor, worker)"
+        "a service in docker-compose.yml (services: expert-cpu, gateway, grafana, lb, pool-gpu0, "
+        "prometheus, redis, vllm-coder, vllm-generalist, vllm-math-tutor, worker)"
     ]
 
 

@@ -38,8 +38,8 @@ def test_missing_pool_service_is_reported(compose: dict[str, Any], configs: dict
     del compose["services"]["pool-gpu0"]
     assert check_config(configs["gpu"], compose, "gpu") == [
         "gpu: pools.gpu0.service http://pool-gpu0:8200: host 'pool-gpu0' is not a service in "
-        "docker-compose.yml (services: expert-cpu, gateway, lb, redis, vllm-coder, "
-        "vllm-generalist, vllm-math-tutor, worker)"
+        "docker-compose.yml (services: expert-cpu, gateway, grafana, lb, prometheus, redis, "
+        "vllm-coder, vllm-generalist, vllm-math-tutor, worker)"
     ]
 
 
