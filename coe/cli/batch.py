@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 import httpx
+import yaml
 
 from coe.config import Settings
 
@@ -164,6 +165,20 @@ def _check_status(r: httpx.Response) -> None:
     help="ray: expert groups answered together (1: one after another, each model loaded once)",
 )
 @click.option("--max-retries", default=3, show_default=True, help="ray: restarts of a dead actor")
+@click.option(
+    "--generate",
+    type=click.Choice(["http", "vllm"]),
+    default="http",
+    show_default=True,
+    help="ray: http calls the experts' endpoints; vllm generates experts that have an engine "
+    "model in the job with Ray Data LLM's vLLM engine on GPU nodes",
+)
+@click.option(
+    "--engine-models",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="ray, --generate vllm: YAML of expert: {model: FOLDER, adapter: FOLDER, "
+    "engine_kwargs: {...}, replicas: N} (experts served by local_servers need none)",
+)
 def run(
     inputs: tuple[str, ...],
     output: str,
@@ -177,6 +192,8 @@ def run(
     in_flight: int,
     experts_at_once: int,
     max_retries: int,
+    generate: str,
+    engine_models: Path | None,
 ) -> None:
     """Route and answer INPUTS (OpenAI batch JSONL; with --engine ray also Parquet, folders
     and shared-storage URIs); one output line per input line, in input order.
@@ -187,18 +204,21 @@ def run(
     if config:
         overrides["experts_file"] = Path(config)
     if engine == "ray":
-        counts = _run_ray(
-            Settings(**overrides),
-            inputs,
-            output,
-            address,
-            num_cpus,
-            route_actors,
-            answer_actors,
-            in_flight,
-            experts_at_once,
-            max_retries,
-        )
+        models = yaml.safe_load(engine_models.read_text()) if engine_models else {}
+        if not isinstance(models, dict):
+            raise click.ClickException(f"{engine_models}: expected a mapping of expert names")
+        options = {
+            "address": address,
+            "num_cpus": num_cpus,
+            "route_actors": route_actors,
+            "answer_actors": answer_actors,
+            "in_flight": in_flight,
+            "experts_at_once": experts_at_once,
+            "max_retries": max_retries,
+            "generate": generate,
+            "engine_models": models,
+        }
+        counts = _run_ray(Settings(**overrides), inputs, output, options)
         click.echo(json.dumps(counts), err=True)
         return
     if len(inputs) != 1 or not Path(inputs[0]).is_file():
@@ -211,16 +231,7 @@ def run(
 
 
 def _run_ray(
-    settings: Settings,
-    inputs: tuple[str, ...],
-    output: str,
-    address: str | None,
-    num_cpus: int | None,
-    route_actors: int,
-    answer_actors: int,
-    in_flight: int,
-    experts_at_once: int,
-    max_retries: int,
+    settings: Settings, inputs: tuple[str, ...], output: str, given: dict[str, Any]
 ) -> dict[str, Any]:
     try:
         import ray  # noqa: F401 - only to say what is missing
@@ -234,16 +245,7 @@ def _run_ray(
 
     # the actors see this process's coe settings (and offline-model switches), wherever they run
     env = {k: v for k, v in os.environ.items() if k.startswith(("COE_", "HF_", "TOKENIZERS_"))}
-    options = RayOptions(
-        env=env,
-        address=address,
-        num_cpus=num_cpus,
-        route_actors=route_actors,
-        answer_actors=answer_actors,
-        in_flight=in_flight,
-        experts_at_once=experts_at_once,
-        max_retries=max_retries,
-    )
+    options = RayOptions(env=env, **given)
     try:
         config = load_config(Path(settings.experts_file))
         summary = run_on_ray(list(inputs), output, settings, config, options)

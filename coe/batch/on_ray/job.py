@@ -16,10 +16,17 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from coe.batch.on_ray.inputs import read_lines
-from coe.batch.on_ray.stages import AnswerStage, CombineStage, EngineSpec, RouteStage, expert_pairs
+from coe.batch.on_ray.stages import (
+    PART,
+    AnswerStage,
+    CombineStage,
+    EngineSpec,
+    RouteStage,
+    expert_pairs,
+)
 from coe.config import Settings
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig
@@ -47,6 +54,10 @@ class RayOptions:
     experts_at_once: int = 1  # expert groups answered together (1: one after another)
     max_retries: int = 3  # restarts of a killed actor, and tries of its batch
     env: dict[str, str] = field(default_factory=dict)  # COE_* and more, for every actor
+    # "vllm": experts with an engine model are generated in the job by Ray Data LLM's vLLM
+    # engine processor on GPU nodes (coe.batch.on_ray.vllm_stage); the others over HTTP
+    generate: Literal["http", "vllm"] = "http"
+    engine_models: dict[str, Any] = field(default_factory=dict)  # expert -> model (folder)
 
 
 @dataclass
@@ -134,6 +145,7 @@ class _Job:
         import ray.data
 
         o = self.options
+        engine_models = self._engine_models()  # a bad models map fails before any work
         t = time.monotonic()
         files = ray.data.read_binary_files(self.paths, include_paths=True)
         lines = read_lines(files, self.paths, self.job_id)
@@ -152,18 +164,18 @@ class _Job:
 
         t = time.monotonic()
         pairs = routed.flat_map(expert_pairs).materialize()
+        counts = pairs.groupby("expert").count().take_all()
         groups = sorted(
-            (
-                (str(g["expert"]), int(g["count()"]))
-                for g in pairs.groupby("expert").count().take_all()
-            ),
-            key=lambda g: (-g[1], g[0]),
+            ((str(g["expert"]), int(g["count()"])) for g in counts), key=lambda g: (-g[1], g[0])
         )
         self.summary.experts = dict(groups)
+        in_engine = {e: m for e, m in engine_models.items() if e in self.summary.experts}
+        over_http = [e for e, _ in groups if e not in in_engine]
         answered = [
-            self._answer(pairs, [e for e, _ in groups[i : i + o.experts_at_once]])
-            for i in range(0, len(groups), o.experts_at_once)
+            self._answer(pairs, over_http[i : i + o.experts_at_once])
+            for i in range(0, len(over_http), o.experts_at_once)
         ]
+        answered += self._generate(pairs, in_engine)
         self._phase("answer", t)
 
         t = time.monotonic()
@@ -207,6 +219,39 @@ class _Job:
             for expert in experts
         ]
         return _union(stages).materialize()
+
+    def _engine_models(self) -> dict[str, Any]:
+        """The experts of this job generated in the job (`generate="vllm"`), and how."""
+        if self.options.generate != "vllm":
+            return {}
+        from coe.batch.on_ray.vllm_stage import engine_models
+
+        models = engine_models(self._config(), self.options.engine_models)
+        if not models:
+            raise ConfigError(
+                "generate=vllm: no expert has an engine model (give engine_models, or serve "
+                "experts from the config's local_servers)"
+            )
+        return models
+
+    def _generate(self, pairs: ray.data.Dataset, models: dict[str, Any]) -> list[ray.data.Dataset]:
+        """The engine-generated experts, one vLLM processor per base model, in turn."""
+        from coe.batch.on_ray.vllm_stage import by_base_model, generate
+
+        experts = {e.name: e for e in self._config().experts}
+        out = []
+        for source, group in by_base_model(models).items():
+            log.info("batch %s: %s in a vLLM engine on %s", self.job_id, ", ".join(group), source)
+            ds = generate(pairs, group, experts, models, self.job_id, self.options.answer_batch)
+            out.append(ds.select_columns(PART).materialize())
+        return out
+
+    def _config(self) -> CoeConfig:
+        if self.spec.config is None:
+            from coe.experts.schema import load_config
+
+            return load_config(self.spec.settings.experts_file)
+        return self.spec.config
 
     def _combine(self, parts: ray.data.Dataset) -> ray.data.Dataset | None:
         import ray.data
