@@ -168,7 +168,7 @@ async function loadMix() {
   const mix = await api("/mix");
   $("mix-total-5").textContent = mix.totals.last_5m;
   $("mix-total-60").textContent = mix.totals.last_60m;
-  const top = Math.max(1, ...mix.rows.map((r) => r.last_60m));
+  const hour = Math.max(1, mix.totals.last_60m);
   fill(
     $("mix-table").tBodies[0],
     mix.rows.map((r) =>
@@ -180,7 +180,8 @@ async function loadMix() {
         el("td", { class: "strong" }, r.expert),
         el("td", { class: "num" }, r.last_5m),
         el("td", { class: "num" }, r.last_60m),
-        el("td", { class: "bar-col" }, bar(r.last_60m / top)),
+        el("td", { class: "bar-col", title: `${Math.round((100 * r.last_60m) / hour)}%` },
+          bar(r.last_60m / hour)),
       ),
     ),
   );
