@@ -1,10 +1,14 @@
 """bench/routing_bench.py on the test data slices with the static encoder (no torch): every
 column gets a number, each measured decision really encodes, cache hits are hits, and the
-gateway half serves the encoder it names."""
+gateway half serves the encoder it names. bench/ray_batch_bench.py at 60 lines: both batch
+engines answer every line with the same experts."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,38 @@ def test_gateway_serves_the_named_encoder(static_encoder: str, data_dir: Path) -
         row = g[f"chat_c{level}"]
         assert row["routed"]["n"] == row["named"]["n"] == 12
         assert row["routed"]["rps"] > 0 and row["ratio_rps"] > 0
+
+
+@pytest.mark.ray
+@pytest.mark.redis
+@pytest.mark.embed
+def test_ray_batch_bench_runs_both_engines(tmp_path: Path) -> None:
+    """bench/ray_batch_bench.py at 60 lines, as its one command: the Redis engine with 1 and
+    2 workers and the Ray engine each answer every line, with the same experts."""
+    out = tmp_path / "ray-bench.json"
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "bench/ray_batch_bench.py", "--lines", "60", "--json-out", str(out)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = {(r["engine"], r["workers"]): r for r in report["runs"]}
+    assert list(runs) == [("redis", "1"), ("redis", "2"), ("ray", "2x2")]
+    for r in runs.values():
+        assert (r["completed"], r["failed"]) == (60, 0), r
+        assert r["seconds"] > 0 and r["lines_per_s"] > 0
+    assert runs["redis", "1"]["vs_redis_1"] == 1.0
+    assert set(runs["ray", "2x2"]["phases"]) >= {"route", "answer", "combine", "write"}
+    checks = report["checks"]
+    assert checks["every_line_once"] == {"redis-1": True, "redis-2": True, "ray-2x2": True}
+    assert checks["ray_expert_differs_from"] == {"redis-1": 0, "redis-2": 0}
+    assert checks["k2_lines"] == 6  # every tenth line fanned out to two experts
+    assert sum(checks["lines_per_expert"].values()) == 60
+    assert len(checks["lines_per_expert"]) >= 2  # the router spread the lines
+    assert report["table"] in done.stdout
+    rows = [line.split()[:2] for line in done.stdout.splitlines()]
+    assert ["redis", "1"] in rows and ["redis", "2"] in rows and ["ray", "2x2"] in rows

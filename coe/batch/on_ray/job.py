@@ -137,18 +137,28 @@ class _Job:
             args["runtime_env"] = {"env_vars": o.env}
         return args
 
+    def _block(self, total: int) -> int:
+        """Rows per block for the routing stage: every routing actor gets work (a file is read
+        as one block), a block is a few batches (each block is one task)."""
+        o = self.options
+        return max(1, min(o.route_batch * 4, -(-total // (2 * o.route_actors))))
+
     def _phase(self, name: str, since: float) -> None:
         self.summary.seconds[name] = time.monotonic() - since
         log.info("batch %s: %s took %.1f s", self.job_id, name, self.summary.seconds[name])
 
     def run(self) -> RaySummary:
         import ray.data
+        from ray.data.expressions import col
 
         o = self.options
         engine_models = self._engine_models()  # a bad models map fails before any work
         t = time.monotonic()
         files = ray.data.read_binary_files(self.paths, include_paths=True)
         lines = read_lines(files, self.paths, self.job_id)
+        lines = lines.repartition(
+            target_num_rows_per_block=self._block(lines.count())
+        ).materialize()
         self._phase("read", t)
 
         t = time.monotonic()
@@ -179,15 +189,14 @@ class _Job:
         self._phase("answer", t)
 
         t = time.monotonic()
-        parts = [ds.filter(lambda r: bool(r["part"])) for ds in answered]
+        parts = [ds.filter(expr=col("part") != "") for ds in answered]
         combined = self._combine(_union(parts)) if parts else None
         self._phase("combine", t)
 
         t = time.monotonic()
-        finished = [routed.filter(lambda r: bool(r["result"])).select_columns(["index", "result"])]
-        finished += [
-            ds.filter(lambda r: bool(r["result"])).select_columns(["index", "result"])
-            for ds in answered
+        finished = [
+            ds.filter(expr=col("result") != "").select_columns(["index", "result"])
+            for ds in (routed, *answered)
         ]
         if combined is not None:
             finished.append(combined)
@@ -199,11 +208,12 @@ class _Job:
         """The lines of these experts' groups, each group by its own actors; the groups of one
         call run together, the calls one after another (materialized in turn)."""
         import ray.data
+        from ray.data.expressions import col
 
         o = self.options
         log.info("batch %s: answering with %s", self.job_id, ", ".join(experts))
         stages = [
-            pairs.filter(lambda r, e=expert: r["expert"] == e).map_batches(
+            pairs.filter(expr=col("expert") == expert).map_batches(
                 AnswerStage,
                 batch_format="numpy",
                 fn_constructor_kwargs={

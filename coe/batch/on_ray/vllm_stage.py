@@ -210,8 +210,9 @@ def generate(
         preprocess=partial(engine_row, experts=experts, models=models),
         postprocess=partial(answered_row, job_id=job_id, experts=experts),
     )
-    wanted = set(group)
-    rows = pairs.filter(lambda r: r["expert"] in wanted)
+    from ray.data.expressions import col
+
+    rows = pairs.filter(expr=col("expert").is_in(group))
     if adapters:
         rows = rows.map(lambda r: {**r, "adapter": models[r["expert"]].adapter or ""}).sort(
             "adapter"
