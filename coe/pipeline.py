@@ -12,6 +12,7 @@ from typing import Any
 
 from coe.aggregation import Aggregation, ExpertAnswer
 from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
+from coe.dispatch.client import prepare_body
 from coe.errors import (
     CoeError,
     ConfigError,
@@ -95,6 +96,13 @@ def query_text(messages: list[dict[str, Any]]) -> str:
                     if isinstance(p, dict) and p.get("type") == "text"
                 )
     raise InvalidRequest("messages must contain at least one user message", param="messages")
+
+
+def expert_request(expert: ExpertSpec, body: dict[str, Any]) -> dict[str, Any]:
+    """The whole request `expert` gets for `body` over HTTP (no `coe` policy; its model id,
+    system prompt, defaults and token cap): what a batch engine generating in-process sends
+    to a model."""
+    return prepare_body(expert, expert_body(body), stream=False)
 
 
 class Engine:

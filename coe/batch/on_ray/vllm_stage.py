@@ -6,7 +6,7 @@ Which experts are generated this way (`engine_models`): those a models map names
 replicas), and those served by one of the config's `local_servers` (its model folder).
 Experts sharing a base model share one processor: their lines are sorted by adapter, and
 each row names its adapter as `model` (vLLM's per-request LoRA). A row's request is the one
-the expert would get over HTTP (`prepare_body`: its system prompt, defaults and token cap),
+the expert would get over HTTP (`expert_request`: its system prompt, defaults, token cap),
 and its answer is written as the HTTP path writes it (a chat completion, `coe` metadata).
 An engine failure is the line's error line (no fallback down the ranked list: the other
 experts are not here); k > 1 lines get their part, combined later like any other.
@@ -25,10 +25,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from coe.batch.wire import answer_body, result_line
-from coe.dispatch import Answer
-from coe.dispatch.client import prepare_body
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig, ExpertSpec
+from coe.pipeline import Answer, expert_request
 from coe.routing.decision import RouteDecision
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ def engine_row(
     """A line-and-expert row as the engine takes it: messages, sampling parameters, the
     adapter as `model` for a LoRA expert; the line's own columns ride along."""
     expert = str(row["expert"])
-    body = prepare_body(experts[expert], json.loads(row["body"]), stream=False)
+    body = expert_request(experts[expert], json.loads(row["body"]))
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
         body["max_tokens"] = body["max_completion_tokens"]
     out = {
