@@ -27,7 +27,7 @@ from typing import Any
 from coe.batch.files import BatchFiles, list_page
 from coe.batch.lifetimes import retain
 from coe.batch.units import Unit
-from coe.batch.wire import CHAT_URL, FileProblem, ParsedLine, read_batch_file, result_line
+from coe.batch.wire import CHAT_URL, FileProblem, ParsedLine, read_batch_file
 from coe.batch.work import BatchWork
 from coe.config import Settings
 from coe.errors import Conflict, InvalidRequest, NotFound
@@ -147,9 +147,7 @@ class BatchJobs:
         for ln in lines:  # bad lines are answered now, with their reason
             if ln.body is None:
                 await self.work.settle(job_id, ln.index)
-                error = ("invalid_request", ln.error or "")
-                line = result_line(job_id, ln.index, ln.custom_id, error=error, status_code=400)
-                await self.work.write_result(job_id, ln.index, line, failed=True)
+                await self.work.write_result(job_id, ln.index, ln.bad_result(job_id), failed=True)
         await self.work.ensure_group()
         await self.work.enqueue(
             Unit(job_id, "route", start, min(start + self.chunk, len(lines)))

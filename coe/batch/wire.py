@@ -23,6 +23,12 @@ class ParsedLine:
     body: dict[str, Any] | None  # None: the line is bad, see `error`
     error: str | None = None
     is_json: bool = True  # False: the line is not a JSON object at all
+    has_id: bool = False  # it names a custom_id of its own (the duplicate check's)
+
+    def bad_result(self, job_id: str) -> dict[str, Any]:
+        """The error line of a line bad in itself (400, `invalid_request`)."""
+        error = ("invalid_request", self.error or "")
+        return result_line(job_id, self.index, self.custom_id, error=error, status_code=400)
 
 
 def parse_line(index: int, raw: str, seen: set[str]) -> ParsedLine:
@@ -38,25 +44,28 @@ def parse_line(index: int, raw: str, seen: set[str]) -> ParsedLine:
     custom_id = data.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         return ParsedLine(index, fallback_id, None, f"line {index + 1} has no custom_id string")
+
+    def bad(message: str) -> ParsedLine:
+        return ParsedLine(index, custom_id, None, message, has_id=True)
+
     if custom_id in seen:
-        return ParsedLine(index, custom_id, None, f"duplicate custom_id {custom_id!r}")
+        return bad(f"duplicate custom_id {custom_id!r}")
     seen.add(custom_id)
     url = data.get("url", CHAT_URL)
     if url != CHAT_URL:
-        return ParsedLine(index, custom_id, None, f"unsupported url {url!r}; use {CHAT_URL}")
+        return bad(f"unsupported url {url!r}; use {CHAT_URL}")
     if data.get("method", "POST") != "POST":
-        return ParsedLine(index, custom_id, None, "method must be POST")
+        return bad("method must be POST")
     body = data.get("body")
     if not isinstance(body, dict):
-        return ParsedLine(index, custom_id, None, "missing body object")
+        return bad("missing body object")
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as err:
-        message, _ = validation_message(list(err.errors()))
-        return ParsedLine(index, custom_id, None, message)
+        return bad(validation_message(list(err.errors()))[0])
     if request.stream:
-        return ParsedLine(index, custom_id, None, "stream is not supported in batch requests")
-    return ParsedLine(index, custom_id, request.upstream_body())
+        return bad("stream is not supported in batch requests")
+    return ParsedLine(index, custom_id, request.upstream_body(), has_id=True)
 
 
 @dataclass(frozen=True)

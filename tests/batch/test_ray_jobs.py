@@ -47,6 +47,17 @@ def config(endpoint: dict[str, str], **expert: Any) -> dict[str, Any]:
     }
 
 
+def batch_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`coe batch run ARGS --engine ray` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "coe.cli", "batch", "run", *args, "--engine", "ray"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def body(question: str) -> dict[str, Any]:
     return {"model": "coe/auto", "messages": [{"role": "user", "content": question}]}
 
@@ -88,29 +99,17 @@ def test_cli_on_a_folder_of_parquet_and_jsonl_survives_a_killed_actor(
             "COE_LOG_LEVEL": "WARNING",
         }
         out = tmp_path / "out.jsonl"
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "coe.cli",
-                "batch",
-                "run",
-                str(inputs),
-                "-o",
-                str(out),
-                "--engine",
-                "ray",
-                "--address",
-                ray.get_runtime_context().gcs_address,
-                "-c",
-                str(tmp_path / "experts.yaml"),
-                "--answer-actors",
-                "1",
-            ],
+        proc = batch_run(
+            str(inputs),
+            "-o",
+            str(out),
+            "--address",
+            ray.get_runtime_context().gcs_address,
+            "-c",
+            str(tmp_path / "experts.yaml"),
+            "--answer-actors",
+            "1",
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert marker.exists(), "no actor was killed"
@@ -136,26 +135,8 @@ def test_bad_input_as_a_whole_is_refused(tmp_path: Path, ray_local: None) -> Non
     )
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\nnor this\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "coe.cli",
-            "batch",
-            "run",
-            str(bad),
-            "-o",
-            str(tmp_path / "o"),
-            "--engine",
-            "ray",
-            "--num-cpus",
-            "1",
-            "-c",
-            str(tmp_path / "experts.yaml"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = batch_run(
+        str(bad), "-o", str(tmp_path / "o"), "--num-cpus", "1", "-c", str(tmp_path / "experts.yaml")
     )
     assert proc.returncode == 1
     assert "not JSONL" in proc.stderr

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from coe.batch.wire import parse_line, result_line
+from coe.batch.wire import ParsedLine, parse_line
 from coe.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -99,26 +99,13 @@ def checked(job_id: str, index: int, raw: str) -> Row:
     """One line, checked as the Redis engine checks it; a bad line carries its error line.
     `claims`: the line holds its custom_id (the duplicate check's)."""
     line = parse_line(index, raw, set())
-    row: Row = {
+    return {
         "index": index,
         "custom_id": line.custom_id,
-        "claims": line.is_json and _names_id(raw),
+        "claims": line.has_id,
         "body": "" if line.body is None else json.dumps(line.body),
-        "result": "",
+        "result": "" if line.body is not None else json.dumps(line.bad_result(job_id)),
     }
-    if line.body is None:
-        row["result"] = _bad(job_id, index, line.custom_id, line.error or "")
-    return row
-
-
-def _names_id(raw: str) -> bool:
-    data = json.loads(raw)
-    return isinstance(data.get("custom_id"), str) and bool(data["custom_id"])
-
-
-def _bad(job_id: str, index: int, custom_id: str, message: str) -> str:
-    error = ("invalid_request", message)
-    return json.dumps(result_line(job_id, index, custom_id, error=error, status_code=400))
 
 
 def mark_duplicates(row: Row, job_id: str, first_of: Mapping[str, int]) -> Row:
@@ -126,7 +113,8 @@ def mark_duplicates(row: Row, job_id: str, first_of: Mapping[str, int]) -> Row:
     first = first_of.get(row["custom_id"])
     if row["claims"] and first is not None and first != row["index"]:
         message = f"duplicate custom_id {row['custom_id']!r}"
-        return {**row, "body": "", "result": _bad(job_id, row["index"], row["custom_id"], message)}
+        line = ParsedLine(row["index"], row["custom_id"], None, message, has_id=True)
+        return {**row, "body": "", "result": json.dumps(line.bad_result(job_id))}
     return row
 
 

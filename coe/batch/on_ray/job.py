@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -257,10 +257,12 @@ class _Job:
         return out
 
     def _config(self) -> CoeConfig:
+        """The config as the driver read it (read from the file once, when not given)."""
         if self.spec.config is None:
             from coe.experts.schema import load_config
 
-            return load_config(self.spec.settings.experts_file)
+            self.spec = EngineSpec(self.spec.settings, load_config(self.spec.settings.experts_file))
+        assert self.spec.config is not None
         return self.spec.config
 
     def _combine(self, parts: ray.data.Dataset) -> ray.data.Dataset | None:
@@ -299,33 +301,15 @@ def _union(datasets: list[ray.data.Dataset]) -> ray.data.Dataset:
     return first.union(*rest) if rest else first
 
 
-class _open_output:
-    """A local path or a pyarrow filesystem URI (s3://, gs://, hdfs://) to write to."""
+def _open_output(target: str) -> Any:
+    """A local path or a pyarrow filesystem URI (s3://, gs://, hdfs://), open for writing;
+    either closes as a context manager."""
+    if "://" not in target:
+        return open(target, "wb")
+    import pyarrow.fs
 
-    def __init__(self, target: str):
-        self.target = target
-        self.stream: Any = None
-
-    def __enter__(self) -> Any:
-        if "://" in self.target:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(self.target)
-            self.stream = fs.open_output_stream(path)
-        else:
-            self.stream = open(self.target, "wb")
-        return self.stream
-
-    def __exit__(self, *exc: object) -> None:
-        self.stream.close()
-
-
-def lines_of(path: str) -> Iterator[dict[str, Any]]:
-    """Read an output file back (tests, tools)."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
+    fs, path = pyarrow.fs.FileSystem.from_uri(target)
+    return fs.open_output_stream(path)
 
 
 def check_options(options: RayOptions) -> None:
