@@ -21,17 +21,16 @@ from coe.errors import (
     ModelNotFound,
     NotFound,
     RouterBusy,
-    RoutingError,
     StoreUnavailable,
     UpstreamError,
 )
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import AggregationSpec, CoeConfig, ExpertSpec, PipelineSpec
 from coe.routing.base import RouteContext, Router, RouterDeps
-from coe.routing.decision import Candidate, RouteDecision
-from coe.routing.dynamic_k import dynamic_k
+from coe.routing.decision import RouteDecision
 from coe.routing.policy import RoutingPolicy, Scope, expert_body, pipeline_named, policy_of
 from coe.routing.registry import RouterRegistry, router_specs
+from coe.routing.settle import all_abstained, direct, router_failed, settle
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -179,7 +178,7 @@ class Engine:
         """One query through the target's routers, in order, until one does not abstain."""
         ctx, scope = self._scoped(request_id, policy)
         if target.expert is not None:
-            return _direct(target.expert, scope)
+            return direct(target.expert, scope)
         assert target.pipeline is not None
         spec = self.pipelines[target.pipeline]
         tried: list[str] = []
@@ -187,11 +186,11 @@ class Engine:
             try:
                 decision = await self.routers[router_name].route(query, ctx)
             except ROUTER_OUTAGES as err:
-                decision = _failed(router_name, err)
-            final = _settle(decision, router_name, spec, ctx.experts, tried, scope)
+                decision = router_failed(router_name, err)
+            final = settle(decision, router_name, spec, ctx.experts, tried, scope)
             if final is not None:
                 return final
-        raise _all_abstained(target.pipeline, tried, scope)
+        raise all_abstained(target.pipeline, tried, scope)
 
     async def decide_many(
         self, target: Target, queries: Sequence[str], policy: RoutingPolicy | None = None
@@ -200,7 +199,7 @@ class Engine:
         still unrouted in one `route_batch` call (embeddings are encoded together)."""
         ctx, scope = self._scoped(None, policy)
         if target.expert is not None:
-            return [_direct(target.expert, scope) for _ in queries]
+            return [direct(target.expert, scope) for _ in queries]
         assert target.pipeline is not None
         spec = self.pipelines[target.pipeline]
         out: list[RouteDecision | CoeError | None] = [None] * len(queries)
@@ -214,17 +213,17 @@ class Engine:
                     [queries[i] for i in pending], ctx
                 )
             except ROUTER_OUTAGES as err:
-                decisions = [_failed(router_name, err)] * len(pending)
+                decisions = [router_failed(router_name, err)] * len(pending)
             still = []
             for i, decision in zip(pending, decisions, strict=True):
-                final = _settle(decision, router_name, spec, ctx.experts, tried[i], scope)
+                final = settle(decision, router_name, spec, ctx.experts, tried[i], scope)
                 if final is None:
                     still.append(i)
                 else:
                     out[i] = final
             pending = still
         for i in pending:
-            out[i] = _all_abstained(target.pipeline, tried[i], scope)
+            out[i] = all_abstained(target.pipeline, tried[i], scope)
         return [o for o in out if o is not None]
 
     async def plan(self, body: dict[str, Any], request_id: str | None = None) -> Plan:
@@ -344,93 +343,6 @@ class Engine:
         response = await self.client.complete(spec, {"messages": messages, **params})
         content = response["choices"][0]["message"].get("content")
         return str(content or "")
-
-
-def _direct(expert: str, scope: Scope | None = None) -> RouteDecision:
-    decision = RouteDecision(
-        candidates=(Candidate(expert, 1.0),),
-        router="direct",
-        reason=f"the request named expert {expert}",
-    )
-    return decision if scope is None else scope.direct(decision)
-
-
-def _failed(router_name: str, err: BaseException) -> RouteDecision:
-    """A router that failed on an outage, as an abstention that says why."""
-    why = err.message if isinstance(err, CoeError) else (str(err) or "timed out")
-    # a saturated encoder is load, not an outage: one line per request would flood the log
-    level = logging.DEBUG if isinstance(err, RouterBusy) else logging.WARNING
-    log.log(level, "router %s failed, the pipeline moves on: %s", router_name, why)
-    return RouteDecision.abstain(
-        router_name, f"failed ({type(err).__name__}: {why})", error=type(err).__name__
-    )
-
-
-def _settle(
-    decision: RouteDecision,
-    router_name: str,
-    spec: PipelineSpec,
-    experts: Mapping[str, ExpertSpec],
-    tried: list[str],
-    scope: Scope | None = None,
-) -> RouteDecision | None:
-    """A router's decision made final (live experts within the request's policy only, the
-    policy's or else the pipeline's k), or None when it abstained or named no such expert;
-    `tried` collects why, for the reason."""
-    if decision.abstained:
-        tried.append(f"{router_name}: {decision.reason}")
-        return None
-    live = _live_only(decision, experts)
-    if live is None:
-        where = "registered" if scope is None else "registered and within the request's policy"
-        tried.append(f"{router_name}: none of its candidates is {where}")
-        return None
-    if tried:
-        live = _with_note(live, "fell back after " + "; ".join(tried), tried)
-    if scope is not None:
-        return scope.stamp(scope.with_k(live) or _pipeline_k(live, spec))
-    return _pipeline_k(live, spec)
-
-
-def _pipeline_k(live: RouteDecision, spec: PipelineSpec) -> RouteDecision:
-    if spec.dynamic_k is not None:
-        return dynamic_k(live, spec.dynamic_k.tau, spec.dynamic_k.max_k)
-    # A pipeline's explicit k wins; otherwise a router may recruit several experts.
-    k = spec.k if "k" in spec.model_fields_set else live.k
-    return live.with_k(min(k, len(live.candidates)))
-
-
-def _all_abstained(pipeline: str, tried: list[str], scope: Scope | None = None) -> CoeError:
-    if scope is not None and scope.excluded:
-        return scope.nothing_within(pipeline, tried)
-    return RoutingError(f"pipeline {pipeline!r}: every router abstained ({'; '.join(tried)})")
-
-
-def _live_only(decision: RouteDecision, experts: Mapping[str, ExpertSpec]) -> RouteDecision | None:
-    live = tuple(c for c in decision.candidates if c.expert in experts)
-    if not live:
-        return None
-    if len(live) == len(decision.candidates):
-        return decision
-    return RouteDecision(
-        candidates=live,
-        router=decision.router,
-        reason=decision.reason,
-        k=min(decision.k, len(live)),
-        category=decision.category,
-        details=decision.details,
-    )
-
-
-def _with_note(decision: RouteDecision, note: str, tried: list[str]) -> RouteDecision:
-    return RouteDecision(
-        candidates=decision.candidates,
-        router=decision.router,
-        reason=f"{decision.reason} ({note})",
-        k=decision.k,
-        category=decision.category,
-        details={**decision.details, "abstained": list(tried)},
-    )
 
 
 async def build_engine(
