@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from coe.backoff import Backoff
 from coe.batch import BatchJobs, BatchWorker
 from coe.config import Settings
 from coe.dispatch import ExpertClient
@@ -166,18 +166,15 @@ async def supervise(
 ) -> None:
     """Run a background task for the life of the process: if it dies, log why and start it
     again (after a pause that doubles while it keeps dying young)."""
-    delay = backoff_s
+    backoff = Backoff(first_s=backoff_s, max_s=max_backoff_s)
     while True:
-        started = time.monotonic()
+        backoff.started()
         try:
             await run()
             return
         except Exception:  # the process serves on; the task is restarted, not ignored
-            log.exception("%s died; restarting it in %.0f s", name, delay)
-        if time.monotonic() - started > max_backoff_s:
-            delay = backoff_s
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, max_backoff_s)
+            log.exception("%s died; restarting it in %.0f s", name, backoff.delay_s)
+        await backoff.sleep()
 
 
 def _encoder_cache(settings: Settings) -> object | None:

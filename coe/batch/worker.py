@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from coe.aggregation import ExpertAnswer
+from coe.backoff import Backoff
 from coe.batch.faults import Faults
 from coe.batch.units import Unit
 from coe.batch.wire import answer_body, result_line
@@ -68,7 +69,7 @@ class BatchWorker:
         stop = stop or asyncio.Event()
         ready = False
         next_sweep = 0.0
-        backoff = 0.5
+        backoff = Backoff(first_s=0.5, max_s=15.0)
         while not stop.is_set():
             try:
                 if not ready:
@@ -81,19 +82,21 @@ class BatchWorker:
                     self.name, int(self.claim_idle_s * 1000)
                 ):
                     await self.handle(entry_id, unit)
-                backoff = 0.5
+                backoff.healthy()
             except StoreUnavailable as err:
                 ready = False  # Redis may come back empty: the consumer group is made again
                 log.warning(
-                    "batch worker %s: %s; retrying in %.1f s", self.name, err.message, backoff
+                    "batch worker %s: %s; retrying in %.1f s",
+                    self.name,
+                    err.message,
+                    backoff.delay_s,
                 )
             except Exception:  # a bug in the worker's own bookkeeping must not stop it
                 log.exception("batch worker %s: unexpected error; retrying", self.name)
                 self.metrics.batch_unit_errors.labels("worker").inc()
             else:
                 continue
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 15.0)
+            await backoff.sleep()
 
     # -- one unit -------------------------------------------------------------------------
     async def handle(self, entry_id: str, unit: Unit) -> None:

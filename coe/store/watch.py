@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
+from coe.backoff import Backoff
 from coe.errors import StoreUnavailable
 from coe.store.base import Store
 
@@ -27,25 +27,23 @@ async def follow_channel(
     Every attempt is followed by a pause, so a subscription that keeps failing (or ending)
     at once never spins; the pause doubles up to `max_retry_s` while attempts keep failing,
     and starts over once a subscription has lived through a message or `max_retry_s`."""
-    backoff = retry_s
+    backoff = Backoff(first_s=retry_s, max_s=max_retry_s)
     while True:
-        started = time.monotonic()
+        backoff.started()  # a subscription that lived `max_retry_s` was up: a new outage
         why = "the subscription ended"
         try:
             async for message in store.subscribe(channel):
-                backoff = retry_s
+                backoff.healthy()
                 await handler(message)
         except StoreUnavailable as err:
             why = err.message
         except (OSError, ConnectionError) as err:
             why = str(err)
-        if time.monotonic() - started >= max_retry_s:  # it was up: this is a new outage
-            backoff = retry_s
+        delay = backoff.next_delay()
         # Logged as a warning when the outage begins; the retries that follow, at debug.
-        level = logging.WARNING if backoff == retry_s else logging.DEBUG
-        log.log(level, "lost %s notices (%s); retrying in %.0f s", channel, why, backoff)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, max_retry_s)
+        level = logging.WARNING if delay == retry_s else logging.DEBUG
+        log.log(level, "lost %s notices (%s); retrying in %.0f s", channel, why, delay)
+        await asyncio.sleep(delay)
 
 
 async def poll(every_s: float, action: Callable[[], Awaitable[object]], what: str) -> None:
