@@ -24,11 +24,11 @@ from coe.dispatch import ExpertClient
 from coe.dispatch.liveness import PoolStates
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
+from coe.lifecycle.live import LiveRouting, Swapped, bound_encoders, startup_config
+from coe.lifecycle.stored_config import describe_source
 from coe.observability import Metrics
 from coe.observability.activity import Activity
 from coe.pipeline import Engine, build_engine
-from coe.routing.live import LiveRouting, Swapped, bound_encoders, startup_config
-from coe.routing.shared_config import describe_source
 from coe.security import ApiKeyStore
 from coe.store import RedisOptions, keys, open_store
 from coe.store.base import Store

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from coe.experts.schema import NAME_RE, ExpertLimits, ExpertSpec
-from coe.routing.live import Swapped
+from coe.lifecycle.live import Swapped
 from coe.security.redact import redact_url, restore_masked
 
 

@@ -3,7 +3,7 @@ aside (every router set up) and swapped in with one assignment, so a request see
 routers or the new ones, never a mix; a build that fails leaves the old engine serving.
 
 Replicas stay in step through the store: the routing config is stored per version
-(`coe.routing.shared_config`) and rebuilds are counted; notices carry both, and a poll
+(`coe.lifecycle.stored_config`) and rebuilds are counted; notices carry both, and a poll
 catches up on notices lost while the store was unreachable.
 """
 
@@ -20,8 +20,8 @@ from coe.dispatch import ExpertClient
 from coe.errors import CoeError, StoreUnavailable
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import CoeConfig, load_config
+from coe.lifecycle import stored_config
 from coe.pipeline import Engine, build_engine
-from coe.routing import shared_config
 from coe.store import keys
 from coe.store.base import Store
 
@@ -110,9 +110,9 @@ class LiveRouting:
         config = await asyncio.to_thread(load_config, path)
         async with self._lock:
             engine = await self.build(config)
-            source = shared_config.describe_source(path)
+            source = stored_config.describe_source(path)
             try:
-                version = await shared_config.publish(self.store, config, source, self.replica_id)
+                version = await stored_config.publish(self.store, config, source, self.replica_id)
             except StoreUnavailable as err:
                 raise StoreUnavailable(
                     f"{path} is valid and builds, but storing it for every replica failed "
@@ -131,14 +131,14 @@ class LiveRouting:
     # -- told by another replica (notices), or found by the poll ---------------------------
     async def follow_stored(self, _notice: str = "") -> None:
         """Serve the stored config when its version is not the one serving here."""
-        version = await shared_config.current_version(self.store)
+        version = await stored_config.current_version(self.store)
         if version is None or version in (self.config_version, self.refused_version):
             return
         async with self._lock:
             if version in (self.config_version, self.refused_version):
                 return
             try:
-                stored = await shared_config.read(self.store, version)
+                stored = await stored_config.read(self.store, version)
                 engine = await self.build(stored.config)
             except StoreUnavailable:  # tried again on the next notice or poll
                 raise
@@ -213,19 +213,19 @@ async def startup_config(
     replaces it for every replica. With none stored, a process that `publish`es (a gateway)
     stores its file's; the first one to do so sets the config of every later one."""
     if given and publish:
-        return file_config, await shared_config.publish(store, file_config, source, replica_id)
-    version = await shared_config.current_version(store)
+        return file_config, await stored_config.publish(store, file_config, source, replica_id)
+    version = await stored_config.current_version(store)
     if version is not None:
         try:
-            stored = await shared_config.read(store, version)
+            stored = await stored_config.read(store, version)
         except StoreUnavailable:
             raise
         except CoeError as err:
             log.error("stored routing config unusable, serving %s: %s", source, err.message)
             if not publish:
                 return file_config, None
-            return file_config, await shared_config.publish(store, file_config, source, replica_id)
-        differs = shared_config.to_document(stored.config) != shared_config.to_document(file_config)
+            return file_config, await stored_config.publish(store, file_config, source, replica_id)
+        differs = stored_config.to_document(stored.config) != stored_config.to_document(file_config)
         log.log(
             logging.WARNING if differs else logging.INFO,
             "serving the stored routing config version %d (%s)%s",
@@ -239,7 +239,7 @@ async def startup_config(
         return stored.config, version
     if not publish:
         return file_config, None
-    mine = await shared_config.publish(store, file_config, source, replica_id, only_if_absent=True)
+    mine = await stored_config.publish(store, file_config, source, replica_id, only_if_absent=True)
     if mine is not None:
         return file_config, mine
     # another replica stored its config first: serve that one
