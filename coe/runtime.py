@@ -1,6 +1,7 @@
 """The composition root: everything with state that a process needs — store, registry, expert
 client, the pool services' published state, engine, metrics — built once and closed at exit.
-The gateway, the batch worker and the CLI all start here; nothing here knows about the web.
+The gateway, the batch worker and the CLI all start here; nothing here knows about the web,
+and nothing here runs in the background (the fronts start their loops in `coe.supervisor`).
 Pools themselves run in their device's pool service (`coe pool serve`), never here."""
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from coe.backoff import Backoff
-from coe.batch import BatchJobs, BatchWorker
+from coe.batch import BatchJobs
 from coe.config import Settings
 from coe.dispatch import ExpertClient
 from coe.dispatch.liveness import PoolStates
@@ -32,7 +31,6 @@ from coe.pipeline import Engine, build_engine
 from coe.security import ApiKeyStore
 from coe.store import RedisOptions, keys, open_store
 from coe.store.base import Store
-from coe.store.watch import follow_channel, poll
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +51,6 @@ class Runtime:
     activity: Activity  # routing decisions and recent requests, for the console
     encoders: Any = None
     pools: PoolStates | None = None  # what each pool service publishes; no pool runs here
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -64,57 +60,6 @@ class Runtime:
     @property
     def config(self) -> CoeConfig:
         return self.routing.engine.config
-
-    def start_background(self) -> None:
-        """A gateway's background work: follow the other replicas' changes and, without
-        Redis (or when asked), run a batch worker in this process."""
-        self.follow_changes()
-        self.export_batch_lines()
-        self.tasks.append(asyncio.create_task(self.activity.run(self.stopping), name="activity"))
-        in_process = self.settings.batch_worker
-        if in_process is None:
-            in_process = self.settings.redis_url is None  # nobody else would run the jobs
-        if in_process:
-            worker = batch_worker(self, name="gateway")
-            stop = self.stopping
-            self.tasks.append(
-                asyncio.create_task(supervise("batch worker", lambda: worker.run(stop)))
-            )
-
-    def export_batch_lines(self) -> None:
-        """Export recent batch jobs' lines (`coe_batch_job_lines`) from a snapshot that a
-        background task refreshes; gateways and workers both."""
-        lines = self.metrics.export_batch_jobs(self.batch_jobs)
-        self.tasks.append(
-            asyncio.create_task(supervise("batch job lines", lambda: lines.run(self.stopping)))
-        )
-
-    def follow_changes(self) -> None:
-        """Follow registry, key, config and rebuild notices from other replicas (and poll as
-        a net for notices lost while the store was unreachable); gateways and workers both."""
-
-        async def on_registry(_: str) -> None:
-            if await self.registry.refresh():
-                self.metrics.registry_version.set(self.registry.version)
-            self.client.retain(self.registry.snapshot())  # removed experts' slots go
-
-        async def on_keys(_: str) -> None:
-            await self.api_keys.refresh()
-
-        routing = self.routing
-        every = self.settings.registry_poll_s
-        self.tasks += [
-            asyncio.create_task(follow_channel(self.store, keys.EXPERTS_CHANNEL, on_registry)),
-            asyncio.create_task(follow_channel(self.store, keys.API_KEYS_CHANNEL, on_keys)),
-            asyncio.create_task(
-                follow_channel(self.store, keys.CONFIG_CHANNEL, routing.follow_stored)
-            ),
-            asyncio.create_task(
-                follow_channel(self.store, keys.ROUTERS_REBUILD_CHANNEL, routing.on_rebuild_notice)
-            ),
-            asyncio.create_task(poll(every, lambda: on_registry(""), "registry")),
-            asyncio.create_task(poll(every, routing.catch_up, "routing config")),
-        ]
 
     async def reload_config(self) -> Swapped:
         """Read this replica's experts.yaml, build it aside, swap it in and store it as the
@@ -126,55 +71,12 @@ class Runtime:
         return await self.routing.rebuild()
 
     async def close(self) -> None:
-        """Stop the background work (asked by event first, then cancelled; whatever has not
-        stopped within `CLOSE_GRACE_S` is left behind with an error, never waited for)."""
-        self.stopping.set()
-        for task in self.tasks:
-            task.cancel()
-        if self.tasks:
-            _, stuck = await asyncio.wait(self.tasks, timeout=CLOSE_GRACE_S)
-            for task in stuck:
-                log.error("background task %s did not stop on close", task.get_name())
+        """Close what `build_runtime` opened; the background loops (`coe.supervisor`) are
+        closed first by the front that started them."""
         if self.pools is not None:
             await self.pools.close()
         await self.http.aclose()
         await self.store.close()
-
-
-CLOSE_GRACE_S = 10.0
-
-
-def batch_worker(runtime: Runtime, name: str | None = None) -> BatchWorker:
-    """A batch worker over this runtime's store and engine, with the process's settings."""
-    settings = runtime.settings
-    return BatchWorker(
-        runtime.batch_jobs.work,
-        lambda: runtime.engine,
-        name=name,
-        claim_idle_s=settings.batch_claim_idle_s,
-        metrics=runtime.metrics,
-        max_deliveries=settings.batch_max_deliveries,
-        sweep_every_s=settings.batch_sweep_every_s,
-    )
-
-
-async def supervise(
-    name: str,
-    run: Callable[[], Awaitable[None]],
-    backoff_s: float = 1.0,
-    max_backoff_s: float = 30.0,
-) -> None:
-    """Run a background task for the life of the process: if it dies, log why and start it
-    again (after a pause that doubles while it keeps dying young)."""
-    backoff = Backoff(first_s=backoff_s, max_s=max_backoff_s)
-    while True:
-        backoff.started()
-        try:
-            await run()
-            return
-        except Exception:  # the process serves on; the task is restarted, not ignored
-            log.exception("%s died; restarting it in %.0f s", name, backoff.delay_s)
-        await backoff.sleep()
 
 
 def _encoder_cache(settings: Settings) -> object | None:

@@ -256,7 +256,8 @@ def _run_ray(
 
 async def _run_local(settings: Settings, file: Path, output: Path, workers: int) -> dict[str, int]:
     from coe.batch import decode_upload
-    from coe.runtime import batch_worker, build_runtime
+    from coe.runtime import build_runtime
+    from coe.supervisor import batch_worker
 
     runtime = await build_runtime(settings, serve_admin=False)
     jobs = runtime.batch_jobs
@@ -342,13 +343,15 @@ async def _work(
     metrics_token: str | None,
 ) -> None:
     from coe.observability import Metrics
-    from coe.runtime import batch_worker, build_runtime
+    from coe.runtime import build_runtime
+    from coe.supervisor import Supervisor, batch_worker, export_batch_lines, follow_changes
 
     metrics = Metrics(gateway=False)  # exports only what a worker moves
     runtime = await build_runtime(settings, serve_admin=False, metrics=metrics)
-    runtime.follow_changes()  # experts registered and configs reloaded after it started
+    loops = Supervisor()
+    follow_changes(loops, runtime)  # experts registered and configs reloaded after it started
     if metrics_port is not None:
-        runtime.export_batch_lines()  # coe_batch_job_lines, as the gateway's
+        export_batch_lines(loops, runtime)  # coe_batch_job_lines, as the gateway's
         runtime.metrics.serve(metrics_port, settings.host, metrics_token)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -363,4 +366,5 @@ async def _work(
             )
         )
     finally:
+        await loops.close()
         await runtime.close()

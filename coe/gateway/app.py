@@ -21,6 +21,7 @@ from coe.gateway.openapi import install_openapi
 from coe.observability import Metrics
 from coe.observability.metrics import check_scrape, checked_metrics_token
 from coe.runtime import build_runtime
+from coe.supervisor import Supervisor, start_gateway_loops
 
 
 def create_app(
@@ -40,9 +41,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build_runtime(settings, config, metrics=metrics, transport=transport)
         app.state.runtime = runtime
-        runtime.start_background()
         try:
-            yield
+            async with Supervisor() as loops:
+                start_gateway_loops(loops, runtime)
+                yield
         finally:
             await runtime.close()
 

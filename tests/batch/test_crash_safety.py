@@ -29,9 +29,9 @@ from coe.batch.worker import BatchWorker
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
-from coe.runtime import supervise
 from coe.store import keys
 from coe.store.embedded import EmbeddedStore
+from coe.supervisor import supervise
 from coe.testing import FakeUpstream, Fault
 from tests.support.net import delete_prefix, free_port
 from tests.support.server import ServedApp
