@@ -1,4 +1,4 @@
-"""Expert pools: which experts are resident on a shared device, swaps, and grouping work by expert.
+"""Expert pools: which experts are resident on a shared device, and swaps.
 
 What a swap controller plug-in is written against is exported here: `SwapController`,
 `ControllerParams`, `PoolContext`, `ExpertState`. The pool service that runs a device's
@@ -8,7 +8,6 @@ See docs/pools.md.
 
 from coe.pool.controllers.base import ControllerParams, ExpertState, PoolContext, SwapController
 from coe.pool.metrics import PoolMetrics
-from coe.pool.offline import OfflineSchedule, run_in_order
 from coe.pool.pool import Pool
 from coe.pool.pools import PoolSet, build_pools
 from coe.pool.registry import ControllerRegistry
@@ -17,12 +16,10 @@ __all__ = [
     "ControllerParams",
     "ControllerRegistry",
     "ExpertState",
-    "OfflineSchedule",
     "Pool",
     "PoolContext",
     "PoolMetrics",
     "PoolSet",
     "SwapController",
     "build_pools",
-    "run_in_order",
 ]
