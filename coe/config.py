@@ -1,10 +1,13 @@
-"""Process settings from the environment (COE_*); the experts live in experts.yaml."""
+"""Process settings from the environment (COE_*); the experts live in experts.yaml.
+
+Nothing else in coe reads COE_* variables: code with no `Settings` at hand (encoders, the
+evaluation cache, the local model) asks `machine_settings()`, the part `Settings` builds on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coe.errors import ConfigError
@@ -28,9 +31,34 @@ PLACEHOLDER_TOKENS = {
 MIN_TOKEN_LENGTH = 16
 
 
-class Settings(BaseSettings):
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "coe"
+
+
+class MachineSettings(BaseSettings):
+    """This machine's caches and threads: what code deep below a process reads without a
+    `Settings` passed down (`machine_settings()`); `Settings` holds the same fields."""
+
     model_config = SettingsConfigDict(env_prefix="COE_", env_file=None, extra="ignore")
 
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="built artefacts, models and caches, outside the repository",
+    )
+    onnx_threads: int = Field(1, description="onnxruntime threads per call of the int8 encoder")
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return default_cache_dir() if value in ("", None) else value
+
+
+def machine_settings() -> MachineSettings:
+    """The machine part of the settings, read from the environment now."""
+    return MachineSettings()
+
+
+class Settings(MachineSettings):
     experts_file: Path = Path("experts.yaml")
     redis_url: str | None = Field(None, description="unset: the embedded in-process store")
     store_prefix: str = "coe:"

@@ -8,18 +8,17 @@ folder per encoder identity so that different encoders never share vectors.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from coe.config import machine_settings
 from coe.routing.encoders import EncoderCache
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("COE_CACHE_DIR") or str(Path.home() / ".cache" / "coe")
-    return Path(base) / "embeddings"
+    return machine_settings().cache_dir / "embeddings"
 
 
 def encoder_identity(encoders: EncoderCache, spec: str | None = None) -> str:

@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
+from coe.config import machine_settings
 from coe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,8 +25,8 @@ SMOLLM2_NAME = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("COE_CACHE_DIR") or Path.home() / ".cache" / "coe"
-    return Path(root)
+    """Where the local model and its server's caches live: `COE_CACHE_DIR` or ~/.cache/coe."""
+    return machine_settings().cache_dir
 
 
 def packaged_gguf() -> Path:

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from coe.config import machine_settings
 from coe.errors import ConfigError
 
 Kind = Literal["sentence-transformers", "onnx", "static"]
@@ -44,8 +45,7 @@ STATIC_PCA_DIMS = 256
 
 def cache_root() -> Path:
     """Where built artefacts live (outside the repository): `COE_CACHE_DIR` or ~/.cache/coe."""
-    base = os.environ.get("COE_CACHE_DIR") or str(Path.home() / ".cache" / "coe")
-    return Path(base)
+    return machine_settings().cache_dir
 
 
 def default_static_path(pca_dims: int = STATIC_PCA_DIMS) -> Path:
@@ -262,7 +262,7 @@ class OnnxBackend:
                 "the onnx encoder needs onnxruntime (pip install 'coe[fast]')"
             ) from None
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("COE_ONNX_THREADS", "1"))
+        opts.intra_op_num_threads = machine_settings().onnx_threads
         opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
