@@ -15,6 +15,7 @@ from coe.batch.faults import Faults
 from coe.batch.wire import ParsedLine, answer_body, result_line
 from coe.errors import CoeError
 from coe.pipeline import Answer, Engine, Plan
+from coe.routing.decision import RouteDecision
 
 Result = dict[str, Any]  # one line of the output (or error) file, in OpenAI's shape
 
@@ -38,8 +39,8 @@ class Outcome:
 
 
 # -- result lines -------------------------------------------------------------------------
-def answered(line: LineId, plan: Plan, answer: Answer, worker: str) -> Outcome:
-    body = answer_body(plan.decision, answer, worker=worker)
+def answered(line: LineId, decision: RouteDecision, answer: Answer, worker: str) -> Outcome:
+    body = answer_body(decision, answer, worker=worker)
     result = result_line(line.job_id, line.index, line.custom_id, body=body)
     return Outcome(result, failed=False, answer=answer)
 
@@ -84,7 +85,7 @@ async def answer(
     except CoeError as err:
         return failed(line, err)
     faults.hit("run:answered")
-    return answered(line, plan, reply, worker)
+    return answered(line, plan.decision, reply, worker)
 
 
 async def ask(
@@ -122,4 +123,4 @@ async def combine(
     except CoeError as err:
         return failed(line, err)
     faults.hit("aggregate:answered")
-    return answered(line, plan, reply, worker)
+    return answered(line, plan.decision, reply, worker)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from coe.batch.on_ray import RayOptions, run_on_ray
+from coe.ray_batch import RayOptions, run_on_ray
 from coe.cli.batch import _run_local
 from coe.config import Settings
 from coe.experts.schema import CoeConfig

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from coe.batch.on_ray import RayOptions, run_on_ray
+from coe.ray_batch import RayOptions, run_on_ray
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.testing import FakeUpstream

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from coe.batch.on_ray.vllm_stage import (
+from coe.ray_batch.vllm_stage import (
     EngineModel,
     answered_row,
     by_base_model,
@@ -132,7 +132,7 @@ def test_engine_output_becomes_the_lines_http_answers_make(tmp_path: Path) -> No
 def test_generate_vllm_without_engine_models_fails_before_any_work(
     tmp_path: Path, ray_local: None
 ) -> None:
-    from coe.batch.on_ray import RayOptions, run_on_ray
+    from coe.ray_batch import RayOptions, run_on_ray
     from coe.config import Settings
 
     cfg = config(tmp_path).model_copy(update={"local_servers": []})
