@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from coe.errors import ConfigError
+from coe.experts.schema import CoeConfig, ExpertSpec
 from coe.ray_batch.vllm_stage import (
     EngineModel,
     answered_row,
@@ -17,8 +19,6 @@ from coe.ray_batch.vllm_stage import (
     engine_models,
     engine_row,
 )
-from coe.errors import ConfigError
-from coe.experts.schema import CoeConfig, ExpertSpec
 
 
 def config(tmp: Path) -> CoeConfig:
@@ -132,8 +132,8 @@ def test_engine_output_becomes_the_lines_http_answers_make(tmp_path: Path) -> No
 def test_generate_vllm_without_engine_models_fails_before_any_work(
     tmp_path: Path, ray_local: None
 ) -> None:
-    from coe.ray_batch import RayOptions, run_on_ray
     from coe.config import Settings
+    from coe.ray_batch import RayOptions, run_on_ray
 
     cfg = config(tmp_path).model_copy(update={"local_servers": []})
     source = tmp_path / "in.jsonl"
