@@ -128,6 +128,8 @@ def assign_job(
         final = host.run(assign_stored(assigner, lambda: engine, job_id, stored))
     finally:
         host.close()
+    if unknown := sorted(set(final) - set(stored)):
+        raise ValueError(f"batch {job_id}: plans assigned to lines never routed: {unknown}")
     return {i: json.dumps(p) for i, p in final.items() if p != stored[i]}
 
 
