@@ -232,9 +232,9 @@ def ray_run(cfg: Path, lines: list[str], warmup: list[str], tmp: Path) -> Run:
     """The Ray engine on the Ray this process is connected to (started by `run_bench`)."""
     import ray.data
 
-    from coe.batch.on_ray import RayOptions, run_on_ray
     from coe.config import Settings
     from coe.experts.schema import load_config
+    from coe.ray_batch import RayOptions, run_on_ray
 
     settings = Settings(redis_url=None, experts_file=cfg)
     coe_config = load_config(cfg)

@@ -10,7 +10,8 @@ import hashlib
 import importlib.util
 import sys
 import types
-from importlib.metadata import entry_points
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -61,14 +62,23 @@ class Plugins(Generic[T]):
 
     def load_entry_points(self) -> None:
         for ep in entry_points(group=self.group):
-            origin = f"entry point {ep.name} ({ep.value})"
-            try:
-                cls = ep.load()
-            except Exception as err:
-                raise ConfigError(f"{origin}: failed to import: {err}") from err
-            if not (isinstance(cls, type) and issubclass(cls, self.base)):
-                raise ConfigError(f"{origin}: not a {self.what} class")
-            self.register(cls, origin=origin)
+            self.load_entry_point(ep)
+
+    def load_targets(self, targets: Iterable[str]) -> None:
+        """Built-ins named as entry points name their target ("module:attr"), loaded the
+        same way as an installed package's."""
+        for target in targets:
+            self.load_entry_point(EntryPoint(name=target, value=target, group=self.group))
+
+    def load_entry_point(self, ep: EntryPoint) -> None:
+        origin = f"entry point {ep.name} ({ep.value})"
+        try:
+            cls = ep.load()
+        except Exception as err:
+            raise ConfigError(f"{origin}: failed to import: {err}") from err
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise ConfigError(f"{origin}: not a {self.what} class")
+        self.register(cls, origin=origin)
 
     def names(self) -> list[str]:
         return sorted(self._classes)

@@ -1,11 +1,8 @@
 """Batch jobs as their users see them, in OpenAI's shapes: create one from an uploaded file,
 retrieve, list, cancel; once every line has a result, its output and error files. The work
 itself — the stream and each phase's state — is `BatchWork`'s (coe/batch/work.py); both
-keep every key they touch in `coe.store.keys`.
-
-    validating ─► in_progress ─► finalizing ─► completed | expired
-        │               └─► cancelling ─► finalizing ─► cancelled
-        └─► failed      (the input file as a whole is bad: nothing runs)
+keep every key they touch in `coe.store.keys`; the statuses and their moves are
+`coe.batch.status`'s.
 
 A job moves on when it is read (retrieve, list, cancel): `completed` once every line has a
 result, `expired` past `expires_at` (unfinished lines answered `batch_expired`), `cancelled`
@@ -21,11 +18,12 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from enum import StrEnum
 from typing import Any
 
 from coe.batch.files import BatchFiles, list_page
 from coe.batch.lifetimes import retain
+from coe.batch.lines import bad_line
+from coe.batch.status import TERMINAL, JobStatus, Phase, can_move
 from coe.batch.units import Unit
 from coe.batch.wire import CHAT_URL, FileProblem, ParsedLine, read_batch_file
 from coe.batch.work import BatchWork
@@ -45,18 +43,6 @@ SCAN_CHUNK = 1000  # result lines read per store call when writing files
 ITEMS_PER_WRITE = 1000  # lines stored per store call when a batch is created
 
 
-class JobStatus(StrEnum):
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-TERMINAL = {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
 Spend = Callable[[int], Awaitable[None]]  # charges a batch's lines to its caller's budget
 
 
@@ -146,11 +132,11 @@ class BatchJobs:
             await self.store.expire(key, WINDOW_S + self.retention_s)
         for ln in lines:  # bad lines are answered now, with their reason
             if ln.body is None:
-                await self.work.settle(job_id, ln.index)
-                await self.work.write_result(job_id, ln.index, ln.bad_result(job_id), failed=True)
+                await self.work.route_done(job_id, ln.index)
+                await self.work.write_result(job_id, ln.index, bad_line(job_id, ln), failed=True)
         await self.work.ensure_group()
         await self.work.enqueue(
-            Unit(job_id, "route", start, min(start + self.chunk, len(lines)))
+            Unit(job_id, Phase.ROUTE, start, min(start + self.chunk, len(lines)))
             for start in range(0, len(lines), self.chunk)
         )
         if await self.store.hget(keys.batch_job(job_id), "status") == JobStatus.VALIDATING:
@@ -228,7 +214,7 @@ class BatchJobs:
     async def cancel(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         job = await self._advance(job_id, await self._job(job_id, owner))
         status = JobStatus(job["status"])
-        if status in TERMINAL or status in (JobStatus.CANCELLING, JobStatus.FINALIZING):
+        if not can_move(status, JobStatus.CANCELLING):
             raise Conflict(f"batch {job_id} is already {status}; it cannot be cancelled")
         now = time.time()
         await self._set(

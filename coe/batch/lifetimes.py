@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
+from coe.batch.status import TERMINAL
 from coe.store import keys
 from coe.store.base import Store
-
-FINISHED = {"completed", "failed", "expired", "cancelled"}
 
 
 async def job_keys(store: Store, job_id: str) -> list[str]:
@@ -36,7 +35,7 @@ async def bound_job(store: Store, job_id: str, retention_s: float) -> None:
         if orphans:
             await store.delete(*orphans)
         return
-    if job.get("status") in FINISHED:
+    if job.get("status") in TERMINAL:
         await retain(store, job_id, retention_s)
         return
     left_s = max(float(job.get("expires_at") or 0) - time.time(), 0.0)

@@ -4,9 +4,8 @@ aggregate lines whose experts have all answered."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-Phase = Literal["route", "run", "aggregate"]
+from coe.batch.status import Phase
 
 
 @dataclass(frozen=True)
@@ -44,12 +43,13 @@ class Unit:
 
     @classmethod
     def parse(cls, fields: dict[str, str]) -> Unit:
-        phase = fields["phase"]
-        if phase not in ("route", "run", "aggregate"):
-            raise ValueError(f"unknown batch unit phase {phase!r}")
+        try:
+            phase = Phase(fields["phase"])
+        except ValueError:
+            raise ValueError(f"unknown batch unit phase {fields['phase']!r}") from None
         return cls(
             job_id=fields["job"],
-            phase=phase,  # type: ignore[arg-type]  # checked above
+            phase=phase,
             start=int(fields["start"]),
             end=int(fields["end"]),
             expert=fields.get("expert", ""),

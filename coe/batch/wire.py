@@ -25,11 +25,6 @@ class ParsedLine:
     is_json: bool = True  # False: the line is not a JSON object at all
     has_id: bool = False  # it names a custom_id of its own (the duplicate check's)
 
-    def bad_result(self, job_id: str) -> dict[str, Any]:
-        """The error line of a line bad in itself (400, `invalid_request`)."""
-        error = ("invalid_request", self.error or "")
-        return result_line(job_id, self.index, self.custom_id, error=error, status_code=400)
-
 
 def parse_line(index: int, raw: str, seen: set[str]) -> ParsedLine:
     fallback_id = f"line-{index + 1}"

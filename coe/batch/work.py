@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coe.batch.assign import AssignStored
 from coe.batch.lifetimes import bound_job
+from coe.batch.lines import LineId, error_line
+from coe.batch.status import NOT_DRIVEN, STOPPED, Phase
 from coe.batch.units import Unit
-from coe.batch.wire import result_line
 from coe.errors import NotFound
+from coe.routing.decision import RouteDecision
 from coe.store import keys
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Jobs in these states are no longer the workers' to drive (jobs.py owns the states).
-NOT_DRIVEN = {"completed", "failed", "expired", "cancelled", "cancelling", "finalizing"}
 OnLocked = Callable[[], None]  # called between a phase's lock and its enqueue (a fault point)
 
 
@@ -54,7 +55,7 @@ class BatchWork:
         """The job is cancelled or being cancelled, has failed or expired, or is gone from the
         store (past its retention): its units do nothing."""
         status = await self.store.hget(keys.batch_job(job_id), "status")
-        return status in (None, "cancelling", "cancelled", "failed", "expired")
+        return status is None or status in STOPPED
 
     # -- the work stream ------------------------------------------------------------------
     async def enqueue(self, units: Iterable[Unit]) -> None:
@@ -107,12 +108,13 @@ class BatchWork:
         self,
         job_id: str,
         phase: str,
-        units: list[Unit],
+        units: list[Unit] | Callable[[], Awaitable[list[Unit]]],
         owner: str,
         ttl_s: float,
         on_locked: OnLocked | None = None,
     ) -> bool:
-        """Queue a phase's units exactly once per job, even when workers race or die.
+        """Queue a phase's units exactly once per job, even when workers race or die;
+        `units` may be made under the lock (the assign barrier runs there).
 
         The lock expires if its holder dies before queueing (the sweeper then queues the
         phase); the flag is set only after the units are on the stream (a crash in between
@@ -126,6 +128,8 @@ class BatchWork:
             return False
         if on_locked is not None:
             on_locked()
+        if callable(units):
+            units = await units()
         await self.enqueue(units)
         await self.store.set(flag, str(len(units)))
         return True
@@ -133,7 +137,7 @@ class BatchWork:
     # -- phase 1: route -------------------------------------------------------------------
     async def unrouted(self, unit: Unit) -> list[Line]:
         """The unit's lines still to route; lines routed or answered before a crash are
-        settled again (idempotently) and left out."""
+        marked route-done again (idempotently) and left out."""
         fields = [str(i) for i in range(unit.start, unit.end)]
         routed = await self.store.hmget(keys.batch_routes(unit.job_id), fields)
         answered = await self.store.hmget(keys.batch_results(unit.job_id), fields)
@@ -143,7 +147,7 @@ class BatchWork:
             range(unit.start, unit.end), routed, answered, items, strict=True
         ):
             if route is not None or result is not None:
-                await self.settle(unit.job_id, index)
+                await self.route_done(unit.job_id, index)
                 continue
             if raw is None:
                 raise NotFound(f"batch {unit.job_id} has no line {index}")
@@ -152,30 +156,65 @@ class BatchWork:
 
     async def save_route(self, job_id: str, index: int, route: dict[str, Any]) -> None:
         await self.store.hsetnx(keys.batch_routes(job_id), str(index), json.dumps(route))
-        await self.settle(job_id, index)
+        await self.route_done(job_id, index)
 
-    async def settle(self, job_id: str, index: int) -> None:
+    async def route_done(self, job_id: str, index: int) -> None:
         """Mark a line as routed or finished with an error (the route phase is done with it)."""
-        await self.store.hsetnx(keys.batch_settled(job_id), str(index), "1")
+        await self.store.hsetnx(keys.batch_route_done(job_id), str(index), "1")
 
     async def queue_runs_when_routed(
-        self, job_id: str, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+        self,
+        job_id: str,
+        owner: str,
+        ttl_s: float,
+        on_locked: OnLocked | None = None,
+        assign: AssignStored | None = None,
     ) -> int | None:
-        """Once every line is settled, queue the run units: lines grouped by expert, the
-        largest group first, so each expert is visited once per job. Returns how many expert
-        groups this call queued (None when it was not the one to queue them)."""
+        """Once the route phase is done with every line (the barrier), assign the job's
+        plans (`assign`, once, under the run phase's lock; None keeps them as routed),
+        then queue the run units: lines grouped by expert, the largest group first, so each
+        expert is visited once per job. Returns how many expert groups this call queued
+        (None when it was not the one to queue them)."""
         total = await self._total(job_id)
-        if await self.store.hlen(keys.batch_settled(job_id)) < total:
+        if await self.store.hlen(keys.batch_route_done(job_id)) < total:
             return None
-        routes = await self.store.hgetall(keys.batch_routes(job_id))
-        units, groups = self._run_units(job_id, routes)
-        if not await self.queue_once(job_id, "runs", units, owner, ttl_s, on_locked):
+        made: list[Unit] = []
+        groups = 0
+
+        async def run_units() -> list[Unit]:
+            nonlocal groups
+            routes = await self._assigned(job_id, assign)
+            units, groups = self._run_units(job_id, routes)
+            made.extend(units)
+            return units
+
+        if not await self.queue_once(job_id, "runs", run_units, owner, ttl_s, on_locked):
             return None
-        log.info("batch %s routed: %d run units over %d experts", job_id, len(units), groups)
+        log.info("batch %s routed: %d run units over %d experts", job_id, len(made), groups)
         # run units may all have finished before the flag above was set: none of them could
         # queue the aggregates then
         await self.queue_aggregates_when_run(job_id, owner, ttl_s, on_locked)
         return groups
+
+    async def _assigned(self, job_id: str, assign: AssignStored | None) -> dict[str, str]:
+        """The job's routes once assigned: `assign` is called with every routed line's
+        stored plan, and the plans it changes replace the routed ones in one write (no
+        route is written after the barrier). A crash between that write and the flag may
+        call it again, on its own output."""
+        flag = keys.batch_flag(job_id, "assigned")
+        routes = await self.store.hgetall(keys.batch_routes(job_id))
+        if assign is None or await self.store.get(flag) is not None:
+            return routes
+        stored = {int(i): json.loads(raw) for i, raw in routes.items()}
+        final = await assign(job_id, stored)
+        if unknown := sorted(set(final) - set(stored)):
+            raise ValueError(f"batch {job_id}: plans assigned to lines never routed: {unknown}")
+        changed = {str(i): json.dumps(p) for i, p in final.items() if p != stored[i]}
+        if changed:
+            await self.store.hset(keys.batch_routes(job_id), changed)
+            routes |= changed
+        await self.store.set(flag, str(len(changed)))
+        return routes
 
     def _run_units(
         self, job_id: str, routes: dict[str, str], only: set[int] | None = None
@@ -191,7 +230,7 @@ class BatchWork:
             items.sort()
             for start in range(0, len(items), self.chunk):
                 chunk = tuple(items[start : start + self.chunk])
-                units.append(Unit(job_id, "run", expert=expert, items=chunk))
+                units.append(Unit(job_id, Phase.RUN, expert=expert, items=chunk))
         return units, len(groups)
 
     # -- phase 2: run, expert by expert ---------------------------------------------------
@@ -235,7 +274,7 @@ class BatchWork:
 
     def _aggregate_units(self, job_id: str, todo: list[int]) -> list[Unit]:
         return [
-            Unit(job_id, "aggregate", items=tuple(todo[s : s + self.chunk]))
+            Unit(job_id, Phase.AGGREGATE, items=tuple(todo[s : s + self.chunk]))
             for s in range(0, len(todo), self.chunk)
         ]
 
@@ -282,9 +321,9 @@ class BatchWork:
         for index, result, raw in zip(indices, results, items, strict=True):
             if result is not None:
                 continue
-            custom_id = _custom_id(index, raw)
-            line = result_line(job_id, index, custom_id, status_code=status_code, error=error)
-            if await self.write_result(job_id, index, line, failed=True):
+            line = LineId(job_id, index, _custom_id(index, raw))
+            written = error_line(line, *error, status_code=status_code).result
+            if await self.write_result(job_id, index, written, failed=True):
                 answered.append(index)
         return answered
 
@@ -331,22 +370,28 @@ class BatchWork:
         return await self.store.hlen(keys.batch_results(job_id)) >= int(job["total"])
 
     async def redrive(
-        self, job_id: str, owner: str, ttl_s: float, on_locked: OnLocked | None = None
+        self,
+        job_id: str,
+        owner: str,
+        ttl_s: float,
+        on_locked: OnLocked | None = None,
+        assign: AssignStored | None = None,
     ) -> str:
-        """Queue what a job with no work on the stream still lacks: route units for its
-        unsettled lines; else its run units (once, through `queue_once`) or those not done;
-        else its aggregate units, and a run again for any line still without a result.
+        """Queue what a job with no work on the stream still lacks: route units for the
+        lines the route phase is not done with; else its run units (once, through
+        `queue_once`) or those not done; else its aggregate units, and a run again for any
+        line still without a result.
         Units whose lines are already finished do nothing when they run. Says what it did."""
         total = await self._total(job_id)
         every = [str(i) for i in range(total)]
-        settled = await self.store.hmget(keys.batch_settled(job_id), every)
-        unsettled = [i for i, s in enumerate(settled) if s is None]
-        if unsettled:
-            units = [Unit(job_id, "route", a, b) for a, b in _ranges(unsettled, self.chunk)]
+        routed = await self.store.hmget(keys.batch_route_done(job_id), every)
+        to_route = [i for i, d in enumerate(routed) if d is None]
+        if to_route:
+            units = [Unit(job_id, Phase.ROUTE, a, b) for a, b in _ranges(to_route, self.chunk)]
             await self.enqueue(units)
             return f"{len(units)} route units"
         if await self.store.get(keys.batch_flag(job_id, "runs-queued")) is None:
-            groups = await self.queue_runs_when_routed(job_id, owner, ttl_s, on_locked)
+            groups = await self.queue_runs_when_routed(job_id, owner, ttl_s, on_locked, assign)
             return "" if groups is None else f"run units for {groups} experts"
         routes = await self.store.hgetall(keys.batch_routes(job_id))
         done = await self.store.hgetall(keys.batch_runs_done(job_id))
@@ -394,8 +439,7 @@ def _line(index: int, raw: str, route: dict[str, Any] | None = None) -> Line:
 
 
 def _chosen(route: dict[str, Any]) -> list[str]:
-    decision = route["decision"]
-    return [c["expert"] for c in decision["candidates"][: int(decision["k"])]]
+    return RouteDecision.from_dict(route["decision"]).chosen
 
 
 def _unit_id(unit: Unit) -> str:

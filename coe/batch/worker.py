@@ -1,6 +1,7 @@
 """A batch worker: takes units from the stream and moves lines through three phases.
 
 1. route: plan every line through the engine, a range at a time (routers batch the range);
+   once every line is routed, the job's assigner gives each its final plan (the barrier);
 2. run: lines grouped by expert, largest group first, so each expert is visited once per
    job; a line routed to k > 1 experts is in k groups and each expert's answer is kept;
 3. aggregate (last): the k answers of each such line become one, as online.
@@ -28,15 +29,16 @@ import socket
 import time
 from collections.abc import Callable
 
-from coe.aggregation import ExpertAnswer
 from coe.backoff import Backoff
+from coe.batch import lines
+from coe.batch.assign import Assigner, KeepRouted, Stored, assign_stored
 from coe.batch.faults import Faults
+from coe.batch.status import NEXT, Phase
 from coe.batch.units import Unit
-from coe.batch.wire import answer_body, result_line
 from coe.batch.work import BatchWork, Line
 from coe.errors import CoeError, StoreUnavailable
 from coe.observability import Metrics
-from coe.pipeline import Answer, Engine, Plan
+from coe.pipeline import Engine
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,11 @@ class BatchWorker:
         max_deliveries: int = 3,
         sweep_every_s: float | None = None,
         faults: Faults | None = None,
+        assigner: Assigner | None = None,
     ):
         """`engine` is called per unit, so a config reload takes effect between units.
-        `sweep_every_s` defaults to `claim_idle_s`; `faults` to `COE_BATCH_FAULT` (tests)."""
+        `sweep_every_s` defaults to `claim_idle_s`; `faults` to `COE_BATCH_FAULT` (tests);
+        `assigner` (the job's plans at the route barrier) to keeping them as routed."""
         self.jobs = jobs
         self.engine = engine
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -64,6 +68,7 @@ class BatchWorker:
         self.max_deliveries = max_deliveries
         self.sweep_every_s = sweep_every_s or claim_idle_s
         self.faults = faults or Faults.from_env()
+        self.assigner = assigner or KeepRouted()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -163,36 +168,41 @@ class BatchWorker:
         message = f"batch {unit.label} failed {times} times: {reason}"
         log.error("batch %s: %s; its lines are answered with the error", unit.job_id, message)
         self.metrics.batch_units_given_up.labels(unit.phase).inc()
-        indices = list(range(unit.start, unit.end)) if unit.phase == "route" else unit.items
+        indices = list(range(unit.start, unit.end)) if unit.phase == Phase.ROUTE else unit.items
         error = ("batch_unit_failed", message)
         answered = await self.jobs.fail_open(unit.job_id, indices, error, status_code=500)
         self.metrics.batch_items.labels("failed").inc(len(answered))
-        if unit.phase == "route":  # settled whoever answered them, so the job moves on
+        if unit.phase == Phase.ROUTE:  # route-done whoever answered them, so the job moves on
             for index in indices:
-                await self.jobs.settle(unit.job_id, index)
+                await self.jobs.route_done(unit.job_id, index)
         await self.next_phase(unit)
 
     async def process(self, unit: Unit) -> None:
         if await self.jobs.stopped(unit.job_id):
             return
-        if unit.phase == "route":
-            await self.route(unit)
-        elif unit.phase == "run":
-            await self.run_expert(unit)
-        else:
-            await self.aggregate(unit)
+        steps = {
+            Phase.ROUTE: self.route,
+            Phase.RUN: self.run_expert,
+            Phase.AGGREGATE: self.aggregate,
+        }
+        await steps[unit.phase](unit)
         await self.next_phase(unit)
 
     async def next_phase(self, unit: Unit) -> None:
-        """Queue what follows the unit's phase once every unit of it is done."""
-        if unit.phase == "route":
+        """Queue what follows the unit's phase (`coe.batch.status.NEXT`) once every unit of
+        it is done; after routing, the job's plans are assigned first."""
+        following = NEXT[unit.phase]
+        if following == Phase.RUN:
             groups = await self.jobs.queue_runs_when_routed(
-                unit.job_id, self.name, self.claim_idle_s, self._locked
+                unit.job_id, self.name, self.claim_idle_s, self._locked, self._assign
             )
             if groups is not None:
                 self.metrics.batch_expert_groups.observe(groups)
-        elif unit.phase == "run":
+        elif following == Phase.AGGREGATE:
             await self.jobs.run_done(unit, self.name, self.claim_idle_s, self._locked)
+
+    async def _assign(self, job_id: str, stored: dict[int, Stored]) -> dict[int, Stored]:
+        return await assign_stored(self.assigner, self.engine, job_id, stored)
 
     def _locked(self) -> None:
         self.faults.hit("queue:locked")
@@ -212,7 +222,9 @@ class BatchWorker:
             log.info("batch stream: %d acknowledged units trimmed", trimmed)
         for job_id in await self.jobs.sweepable():
             try:
-                what = await self.jobs.redrive(job_id, self.name, self.claim_idle_s, self._locked)
+                what = await self.jobs.redrive(
+                    job_id, self.name, self.claim_idle_s, self._locked, self._assign
+                )
             except StoreUnavailable:
                 raise
             except Exception:  # one broken job must not keep the others from being swept
@@ -224,12 +236,12 @@ class BatchWorker:
 
     # -- phase 1 ------------------------------------------------------------------------
     async def route(self, unit: Unit) -> None:
-        lines = await self.jobs.unrouted(unit)
-        plans = await self.engine().plan_many([line.body for line in lines])
-        for line, plan in zip(lines, plans, strict=True):
+        todo = await self.jobs.unrouted(unit)
+        plans = await self.engine().plan_many([line.body for line in todo])
+        for line, plan in zip(todo, plans, strict=True):
             if isinstance(plan, CoeError):
-                await self._fail(unit.job_id, line, plan)
-                await self.jobs.settle(unit.job_id, line.index)
+                await self._write(unit.job_id, line, lines.failed(_id(unit, line), plan))
+                await self.jobs.route_done(unit.job_id, line.index)
             else:
                 self.metrics.observe_plan(plan)  # the decision's time: the line's share
                 await self.jobs.save_route(unit.job_id, line.index, plan.to_dict())
@@ -245,17 +257,13 @@ class BatchWorker:
             if plan.fans_out:  # this expert's part; the aggregate phase combines them
                 if await self.jobs.has_part(unit.job_id, line.index, unit.expert):
                     return
-                part = await engine.ask(unit.expert, line.body, sender=self.name)
-                self.faults.hit("run:answered")
+                part = await lines.ask(engine, unit.expert, line.body, self.name, self.faults)
                 await self.jobs.save_part(unit.job_id, line.index, unit.expert, part.to_record())
                 return
-            try:
-                answer = await engine.answer_on(plan, unit.expert, line.body, sender=self.name)
-            except CoeError as err:
-                await self._fail(unit.job_id, line, err)
-            else:
-                self.faults.hit("run:answered")
-                await self._succeed(unit.job_id, line, plan, answer)
+            outcome = await lines.answer(
+                engine, _id(unit, line), plan, unit.expert, line.body, self.name, self.faults
+            )
+            await self._write(unit.job_id, line, outcome)
 
         await asyncio.gather(*(one(line) for line in await self.jobs.to_run(unit)))
 
@@ -265,33 +273,25 @@ class BatchWorker:
         for line, stored in await self.jobs.to_aggregate(unit):
             assert line.route is not None
             plan = engine.restore(line.route)
-            picks = plan.decision.candidates[: plan.decision.k]
-            parts = [
-                ExpertAnswer.from_record(c.expert, c.score, stored.get(c.expert)) for c in picks
-            ]
-            try:
-                answer = await engine.combine(plan, parts, line.body)
-            except CoeError as err:
-                await self._fail(unit.job_id, line, err)
-            else:
-                self.faults.hit("aggregate:answered")
-                await self._succeed(unit.job_id, line, plan, answer)
+            outcome = await lines.combine(
+                engine, _id(unit, line), plan, stored, line.body, self.name, self.faults
+            )
+            await self._write(unit.job_id, line, outcome)
 
     # -- results ------------------------------------------------------------------------
-    async def _succeed(self, job_id: str, line: Line, plan: Plan, answer: Answer) -> None:
-        body = answer_body(plan.decision, answer, worker=self.name)
-        result = result_line(job_id, line.index, line.custom_id, body=body)
-        if await self.jobs.write_result(job_id, line.index, result, failed=False):
-            self.metrics.batch_items.labels("completed").inc()
-            self.metrics.observe_fallbacks([f.expert for f in answer.failures])
-
-    async def _fail(self, job_id: str, line: Line, err: CoeError) -> None:
-        error = (err.code or err.error_type, err.message)
-        result = result_line(
-            job_id, line.index, line.custom_id, status_code=err.status_code, error=error
-        )
-        if await self.jobs.write_result(job_id, line.index, result, failed=True):
+    async def _write(self, job_id: str, line: Line, outcome: lines.Outcome) -> None:
+        if not await self.jobs.write_result(job_id, line.index, outcome.result, outcome.failed):
+            return
+        if outcome.failed:
             self.metrics.batch_items.labels("failed").inc()
+            return
+        self.metrics.batch_items.labels("completed").inc()
+        if outcome.answer is not None:
+            self.metrics.observe_fallbacks([f.expert for f in outcome.answer.failures])
+
+
+def _id(unit: Unit, line: Line) -> lines.LineId:
+    return lines.LineId(unit.job_id, line.index, line.custom_id)
 
 
 async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:

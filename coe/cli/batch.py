@@ -13,9 +13,10 @@ from typing import Any
 
 import click
 import httpx
-import yaml
+from pydantic import ValidationError
 
 from coe.config import Settings
+from coe.errors import CoeError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 url_option = click.option(
@@ -83,9 +84,6 @@ def cancel(batch_id: str, url: str, api_key: str | None) -> None:
         click.echo(json.dumps(_check(c.post(f"/v1/batches/{batch_id}/cancel")), indent=2))
 
 
-FINISHED = ("completed", "expired", "cancelled")
-
-
 @batch_group.command("results")
 @click.argument("batch_id")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
@@ -105,7 +103,7 @@ def results(
         if job["status"] == "failed":
             problems = "; ".join(e["message"] for e in job["errors"]["data"])
             raise click.ClickException(f"batch {batch_id} failed: {problems}")
-        if job["status"] not in FINISHED:
+        if job["status"] not in finished():
             counts = job["request_counts"]
             raise click.ClickException(
                 f"batch {batch_id} is {job['status']} "
@@ -136,64 +134,42 @@ def results(
     )
 
 
+def finished() -> frozenset[str]:
+    """Statuses of a batch whose files `results` can write."""
+    from coe.batch.status import TERMINAL, JobStatus
+
+    return TERMINAL - {JobStatus.FAILED}
+
+
 def _check_status(r: httpx.Response) -> None:
     if r.status_code >= 400:
         _check(r)
 
 
-@batch_group.command("run")
+class _EngineRun(click.Command):
+    """`batch run`, whose `--engine` choices and per-engine options come from the batch-engine
+    registry when the command is first parsed or shown (not when `coe` is imported)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._with_engines = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._with_engines:
+            from coe.batch.engines import batch_engines
+            from coe.cli.engine_options import engine_params
+
+            self._with_engines = True
+            self.params.extend(engine_params(batch_engines()))
+        return super().get_params(ctx)
+
+
+@batch_group.command("run", cls=_EngineRun)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="where the output lines go (a path or URI)")
 @click.option("--config", "-c", help="experts.yaml path (COE_EXPERTS_FILE)")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="local: this process, embedded store; ray: a Ray cluster (Ray Data)",
-)
-@click.option("--workers", default=2, show_default=True, help="local: concurrent work units")
-@click.option("--address", help="ray: the cluster (ray://head:10001 or auto); default local Ray")
-@click.option("--num-cpus", type=int, help="ray: CPUs of a local Ray")
-@click.option("--route-actors", default=2, show_default=True, help="ray: routing actors (max)")
-@click.option("--answer-actors", default=2, show_default=True, help="ray: actors per expert group")
-@click.option("--in-flight", default=16, show_default=True, help="ray: requests per actor")
-@click.option(
-    "--experts-at-once",
-    default=1,
-    show_default=True,
-    help="ray: expert groups answered together (1: one after another, each model loaded once)",
-)
-@click.option("--max-retries", default=3, show_default=True, help="ray: restarts of a dead actor")
-@click.option(
-    "--generate",
-    type=click.Choice(["http", "vllm"]),
-    default="http",
-    show_default=True,
-    help="ray: http calls the experts' endpoints; vllm generates experts that have an engine "
-    "model in the job with Ray Data LLM's vLLM engine on GPU nodes",
-)
-@click.option(
-    "--engine-models",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="ray, --generate vllm: YAML of expert: {model: FOLDER, adapter: FOLDER, "
-    "engine_kwargs: {...}, replicas: N} (experts served by local_servers need none)",
-)
 def run(
-    inputs: tuple[str, ...],
-    output: str,
-    config: str | None,
-    engine: str,
-    workers: int,
-    address: str | None,
-    num_cpus: int | None,
-    route_actors: int,
-    answer_actors: int,
-    in_flight: int,
-    experts_at_once: int,
-    max_retries: int,
-    generate: str,
-    engine_models: Path | None,
+    inputs: tuple[str, ...], output: str, config: str | None, engine: str, **given: Any
 ) -> None:
     """Route and answer INPUTS (OpenAI batch JSONL; with --engine ray also Parquet, folders
     and shared-storage URIs); one output line per input line, in input order.
@@ -203,96 +179,18 @@ def run(
     overrides: dict[str, Any] = {"batch_worker": False}
     if config:
         overrides["experts_file"] = Path(config)
-    if engine == "ray":
-        models = yaml.safe_load(engine_models.read_text()) if engine_models else {}
-        if not isinstance(models, dict):
-            raise click.ClickException(f"{engine_models}: expected a mapping of expert names")
-        options = {
-            "address": address,
-            "num_cpus": num_cpus,
-            "route_actors": route_actors,
-            "answer_actors": answer_actors,
-            "in_flight": in_flight,
-            "experts_at_once": experts_at_once,
-            "max_retries": max_retries,
-            "generate": generate,
-            "engine_models": models,
-        }
-        counts = _run_ray(Settings(**overrides), inputs, output, options)
-        click.echo(json.dumps(counts), err=True)
-        return
-    if len(inputs) != 1 or not Path(inputs[0]).is_file():
-        raise click.ClickException(
-            "the local engine takes one JSONL file (--engine ray takes more)"
-        )
-    settings = Settings(redis_url=None, **overrides)
-    counts = asyncio.run(_run_local(settings, Path(inputs[0]), Path(output), workers))
-    click.echo(json.dumps(counts), err=True)
+    from coe.batch.engines import batch_engines
 
-
-def _run_ray(
-    settings: Settings, inputs: tuple[str, ...], output: str, given: dict[str, Any]
-) -> dict[str, Any]:
+    cls = batch_engines().get(engine)
     try:
-        import ray  # noqa: F401 - only to say what is missing
-    except ImportError as err:
-        raise click.ClickException(
-            f"--engine ray needs the ray extra (pip install 'coe[ray]'): {err}"
-        ) from None
-    from coe.batch.on_ray import RayOptions, run_on_ray
-    from coe.errors import CoeError
-    from coe.experts.schema import load_config
-
-    # the actors see this process's coe settings (and offline-model switches), wherever they run
-    env = {k: v for k, v in os.environ.items() if k.startswith(("COE_", "HF_", "TOKENIZERS_"))}
-    options = RayOptions(env=env, **given)
-    try:
-        config = load_config(Path(settings.experts_file))
-        summary = run_on_ray(list(inputs), output, settings, config, options)
+        options = cls.Options.model_validate({k: given[k] for k in cls.Options.model_fields})
+        settings = Settings(**{**cls.settings_overrides, **overrides})
+        counts = cls().run(inputs, output, settings, None, options)
     except CoeError as err:
         raise click.ClickException(err.message) from None
-    return summary.to_dict()
-
-
-async def _run_local(settings: Settings, file: Path, output: Path, workers: int) -> dict[str, int]:
-    from coe.batch import decode_upload
-    from coe.runtime import build_runtime
-    from coe.supervisor import batch_worker
-
-    runtime = await build_runtime(settings, serve_admin=False)
-    jobs = runtime.batch_jobs
-    try:
-        content = await asyncio.to_thread(file.read_bytes)
-        text = await asyncio.to_thread(
-            decode_upload, content, settings.batch_max_bytes, settings.batch_max_lines
-        )
-        uploaded = await jobs.files.create(text, len(content), file.name)
-        job = await jobs.create(uploaded["id"])
-        if job["status"] == "failed":
-            raise click.ClickException(job["errors"]["data"][0]["message"])
-        stop = asyncio.Event()
-        tasks = [
-            asyncio.create_task(batch_worker(runtime, f"local-{i}").run(stop))
-            for i in range(workers)
-        ]
-        total = job["request_counts"]["total"]
-        with click.progressbar(length=total, label=f"{file.name}", file=sys.stderr) as bar:
-            done = 0
-            while job["status"] not in FINISHED:
-                await asyncio.sleep(0.2)
-                job = await jobs.retrieve(job["id"])
-                counts = job["request_counts"]
-                now = counts["completed"] + counts["failed"]
-                bar.update(now - done)
-                done = now
-        stop.set()
-        await asyncio.gather(*tasks)
-        out_lines = [json.dumps(line, ensure_ascii=False) async for line in jobs.results(job["id"])]
-        await asyncio.to_thread(output.write_text, "\n".join(out_lines) + "\n")
-        final: dict[str, int] = job["request_counts"]
-        return final
-    finally:
-        await runtime.close()
+    except ValidationError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(counts), err=True)
 
 
 @click.command("worker")

@@ -32,7 +32,7 @@ def batch_failed(job_id: str) -> str:
     return f"batch:{job_id}:failed"  # hash: index -> "1" for error results
 
 
-def batch_settled(job_id: str) -> str:
+def batch_route_done(job_id: str) -> str:
     return f"batch:{job_id}:settled"  # hash: index -> "1" once routed or answered with an error
 
 

@@ -29,6 +29,7 @@ from coe.batch.worker import BatchWorker
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
+from coe.routing.decision import Candidate, RouteDecision
 from coe.store import keys
 from coe.store.embedded import EmbeddedStore
 from coe.supervisor import supervise
@@ -347,6 +348,12 @@ async def queued_units(store: EmbeddedStore) -> list[Unit]:
     return [Unit.parse(f) for _, f in await store.xbacklog(keys.BATCH_STREAM, keys.BATCH_GROUP)]
 
 
+def _k2_decision() -> dict[str, Any]:
+    """A stored decision that sends a line to e0 and e1."""
+    candidates = (Candidate("e0", 1.0), Candidate("e1", 0.5))
+    return RouteDecision(candidates, router="test", reason="both", k=2).to_dict()
+
+
 async def drain(store: EmbeddedStore) -> None:
     for entry_id, _ in await store.xbacklog(keys.BATCH_STREAM, keys.BATCH_GROUP):
         await store.xack(keys.BATCH_STREAM, keys.BATCH_GROUP, entry_id)
@@ -362,8 +369,8 @@ async def test_the_sweeper_queues_what_each_phase_lacks() -> None:
     work.chunk = 2
     await drain(store)
     assert await work.sweepable() == ["b1"]
-    # route: the unsettled lines, in ranges of at most a chunk
-    await work.settle("b1", 1)
+    # route: the lines not route-done, in ranges of at most a chunk
+    await work.route_done("b1", 1)
     await work.redrive("b1", "sweeper", ttl_s=60)
     assert [(u.phase, u.start, u.end) for u in await queued_units(store)] == [
         ("route", 0, 1),
@@ -371,7 +378,7 @@ async def test_the_sweeper_queues_what_each_phase_lacks() -> None:
     ]
     assert await work.sweepable() == []  # its work is queued now
     # runs: every line routed to e0 and e1, the run units never queued
-    route = {"decision": {"candidates": [{"expert": "e0"}, {"expert": "e1"}], "k": 2}}
+    route = {"decision": _k2_decision()}
     for i in range(3):
         await work.save_route("b1", i, route)
     await drain(store)
@@ -409,7 +416,7 @@ async def test_aggregates_are_queued_when_runs_finish_before_their_flag() -> Non
     items = {str(i): json.dumps({"custom_id": f"q{i}", "body": {}}) for i in range(1)}
     store, work = await embedded_job(items)
     await drain(store)
-    route = {"decision": {"candidates": [{"expert": "e0"}, {"expert": "e1"}], "k": 2}}
+    route = {"decision": _k2_decision()}
     await work.save_route("b1", 0, route)
     for expert in ("e0", "e1"):  # both run units already done when the runs are queued
         await store.hsetnx(keys.batch_runs_done("b1"), f"{expert}:0", "1")

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from coe.batch.on_ray import RayOptions, run_on_ray
-from coe.cli.batch import _run_local
+from coe.cli.local_engine import run_local
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
+from coe.ray_batch import RayOptions, run_on_ray
 from coe.testing import FakeUpstream, Fault
 from tests.conftest import REDIS_URL, TEST_DATA
 from tests.support.net import delete_prefix
@@ -120,7 +120,7 @@ def runs(
         batch_claim_idle_s=5,
     )
     try:
-        asyncio.run(_run_local(redis_settings, source, tmp / "redis.jsonl", 2))
+        asyncio.run(run_local(redis_settings, source, tmp / "redis.jsonl", 2))
     finally:
         delete_prefix(REDIS_URL, prefix)
     summary = run_on_ray(

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from coe.batch.on_ray import RayOptions, run_on_ray
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
+from coe.ray_batch import RayOptions, run_on_ray
 from coe.testing import FakeUpstream
 
 pytestmark = [pytest.mark.ray, pytest.mark.embed]

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from coe.batch.on_ray.vllm_stage import (
+from coe.errors import ConfigError
+from coe.experts.schema import CoeConfig, ExpertSpec
+from coe.ray_batch.vllm_stage import (
     EngineModel,
     answered_row,
     by_base_model,
     engine_models,
     engine_row,
 )
-from coe.errors import ConfigError
-from coe.experts.schema import CoeConfig, ExpertSpec
 
 
 def config(tmp: Path) -> CoeConfig:
@@ -132,8 +132,8 @@ def test_engine_output_becomes_the_lines_http_answers_make(tmp_path: Path) -> No
 def test_generate_vllm_without_engine_models_fails_before_any_work(
     tmp_path: Path, ray_local: None
 ) -> None:
-    from coe.batch.on_ray import RayOptions, run_on_ray
     from coe.config import Settings
+    from coe.ray_batch import RayOptions, run_on_ray
 
     cfg = config(tmp_path).model_copy(update={"local_servers": []})
     source = tmp_path / "in.jsonl"

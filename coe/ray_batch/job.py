@@ -1,8 +1,9 @@
-"""A batch job on Ray Data: read → route (actor pool) → answer expert by expert → combine the
+"""A batch job on Ray Data: read → route (actor pool) → assign (the driver, once every line is
+routed) → answer expert by expert → combine the
 k > 1 lines → one output line per input line, in input order.
 
 Decisions and answers come from the same engine calls as the Redis engine's workers
-(`coe.batch.on_ray.stages`), so the same file and config give the same routing, the same
+(`coe.ray_batch.stages`), so the same file and config give the same routing, the same
 expert per line and the same line shapes; what differs is who runs the phases: Ray's actors,
 on as many machines as the cluster has. A killed actor is restarted and its batch run again
 (`max_retries` times at most); a line's own failure is its error line.
@@ -18,18 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from coe.batch.on_ray.inputs import read_lines
-from coe.batch.on_ray.stages import (
+from coe.batch.assign import Assigner, KeepRouted
+from coe.config import Settings
+from coe.errors import ConfigError
+from coe.experts.schema import CoeConfig
+from coe.ray_batch.inputs import read_lines
+from coe.ray_batch.stages import (
     PART,
     AnswerStage,
     CombineStage,
     EngineSpec,
     RouteStage,
+    assign_job,
     expert_pairs,
+    reassign,
 )
-from coe.config import Settings
-from coe.errors import ConfigError
-from coe.experts.schema import CoeConfig
 
 if TYPE_CHECKING:
     import ray.data
@@ -55,9 +59,11 @@ class RayOptions:
     max_retries: int = 3  # restarts of a killed actor, and tries of its batch
     env: dict[str, str] = field(default_factory=dict)  # COE_* and more, for every actor
     # "vllm": experts with an engine model are generated in the job by Ray Data LLM's vLLM
-    # engine processor on GPU nodes (coe.batch.on_ray.vllm_stage); the others over HTTP
+    # engine processor on GPU nodes (coe.ray_batch.vllm_stage); the others over HTTP
     generate: Literal["http", "vllm"] = "http"
     engine_models: dict[str, Any] = field(default_factory=dict)  # expert -> model (folder)
+    # the job's assign step, called by the driver once every line is routed
+    assigner: Assigner = field(default_factory=KeepRouted)
 
 
 @dataclass
@@ -173,6 +179,10 @@ class _Job:
         self._phase("route", t)
 
         t = time.monotonic()
+        routed = self._assign(routed)
+        self._phase("assign", t)
+
+        t = time.monotonic()
         pairs = routed.flat_map(expert_pairs).materialize()
         counts = pairs.groupby("expert").count().take_all()
         groups = sorted(
@@ -204,6 +214,22 @@ class _Job:
         self._phase("write", t)
         return self.summary
 
+    def _assign(self, routed: ray.data.Dataset) -> ray.data.Dataset:
+        """The barrier: the routed (materialized) lines' plans through the assigner, once;
+        the lines it gave another plan get it before any line is answered."""
+        from ray.data.expressions import col
+
+        plans = routed.filter(expr=col("plan") != "").select_columns(["index", "plan"])
+        changed = assign_job(self.spec, self.job_id, self.options.assigner, plans.take_all())
+        if not changed:
+            return routed
+        log.info("batch %s: the assign step changed %d plans", self.job_id, len(changed))
+        return routed.map_batches(
+            reassign,  # type: ignore[arg-type]  # its keyword arguments come in fn_kwargs
+            batch_format="numpy",
+            fn_kwargs={"changed": changed},
+        ).materialize()
+
     def _answer(self, pairs: ray.data.Dataset, experts: list[str]) -> ray.data.Dataset:
         """The lines of these experts' groups, each group by its own actors; the groups of one
         call run together, the calls one after another (materialized in turn)."""
@@ -234,7 +260,7 @@ class _Job:
         """The experts of this job generated in the job (`generate="vllm"`), and how."""
         if self.options.generate != "vllm":
             return {}
-        from coe.batch.on_ray.vllm_stage import engine_models
+        from coe.ray_batch.vllm_stage import engine_models
 
         models = engine_models(self._config(), self.options.engine_models)
         if not models:
@@ -246,7 +272,7 @@ class _Job:
 
     def _generate(self, pairs: ray.data.Dataset, models: dict[str, Any]) -> list[ray.data.Dataset]:
         """The engine-generated experts, one vLLM processor per base model, in turn."""
-        from coe.batch.on_ray.vllm_stage import by_base_model, generate
+        from coe.ray_batch.vllm_stage import by_base_model, generate
 
         experts = {e.name: e for e in self._config().experts}
         out = []

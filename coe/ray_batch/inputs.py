@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from coe.batch.lines import bad_line
 from coe.batch.wire import ParsedLine, parse_line
 from coe.errors import InvalidRequest
 
@@ -104,7 +105,7 @@ def checked(job_id: str, index: int, raw: str) -> Row:
         "custom_id": line.custom_id,
         "claims": line.has_id,
         "body": "" if line.body is None else json.dumps(line.body),
-        "result": "" if line.body is not None else json.dumps(line.bad_result(job_id)),
+        "result": "" if line.body is not None else json.dumps(bad_line(job_id, line)),
     }
 
 
@@ -114,7 +115,7 @@ def mark_duplicates(row: Row, job_id: str, first_of: Mapping[str, int]) -> Row:
     if row["claims"] and first is not None and first != row["index"]:
         message = f"duplicate custom_id {row['custom_id']!r}"
         line = ParsedLine(row["index"], row["custom_id"], None, message, has_id=True)
-        return {**row, "body": "", "result": json.dumps(line.bad_result(job_id))}
+        return {**row, "body": "", "result": json.dumps(bad_line(job_id, line))}
     return row
 
 

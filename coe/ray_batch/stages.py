@@ -2,8 +2,8 @@
 
 Each actor builds the engine once (`EngineHost`: one encoder load per routing actor, none in
 the others) and runs it in its own event loop; a batch's lines are answered concurrently.
-The stages call the engine the Redis engine's workers call (`plan_many`, `answer_on`, `ask`,
-`combine`) and write the same result lines (`coe.batch.wire`), so a line gets the same
+The stages route with `plan_many` and run the per-line steps the Redis engine's workers run
+(`coe.batch.lines`: answer, ask, combine and every result line), so a line gets the same
 decision, the same expert and the same output shape on either engine. A line's failure is
 its error line; only a failure of the stage itself (its actor killed) makes Ray run the
 batch again, a bounded number of times.
@@ -20,13 +20,14 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from coe.aggregation import ExpertAnswer
+from coe.batch import lines
+from coe.batch.assign import Assigner, assign_stored
 from coe.batch.faults import Faults
-from coe.batch.wire import answer_body, result_line
 from coe.config import Settings
 from coe.errors import CoeError
 from coe.experts.schema import CoeConfig
-from coe.pipeline import Plan
+from coe.pipeline import Engine
+from coe.routing.decision import RouteDecision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,6 +59,11 @@ class EngineHost:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
+    def close(self) -> None:
+        """For a host built outside an actor (the driver's assign step)."""
+        self.run(self.runtime.close())
+        self.loop.close()
+
 
 def rows_of(batch: Batch) -> list[dict[str, Any]]:
     columns = list(batch)
@@ -68,17 +74,13 @@ def batch_of(rows: list[dict[str, Any]], columns: list[str]) -> Batch:
     return {c: [r[c] for r in rows] for c in columns}
 
 
-def failed_line(job_id: str, row: dict[str, Any], err: CoeError) -> str:
-    error = (err.code or err.error_type, err.message)
-    line = result_line(
-        job_id, int(row["index"]), str(row["custom_id"]), status_code=err.status_code, error=error
-    )
-    return json.dumps(line)
+def line_of(job_id: str, row: dict[str, Any]) -> lines.LineId:
+    return lines.LineId(job_id, int(row["index"]), str(row["custom_id"]))
 
 
-def answered_line(job_id: str, row: dict[str, Any], plan: Plan, answer: Any, worker: str) -> str:
-    body = answer_body(plan.decision, answer, worker=worker)
-    return json.dumps(result_line(job_id, int(row["index"]), str(row["custom_id"]), body=body))
+def text(outcome: lines.Outcome) -> str:
+    """A finished line as its row holds it (`result`)."""
+    return json.dumps(outcome.result)
 
 
 LINE = ["index", "custom_id", "body", "result"]
@@ -103,15 +105,49 @@ class RouteStage:
             row.setdefault("experts", "[]")
         for row, plan in zip(todo, plans, strict=True):
             if isinstance(plan, CoeError):
-                row["result"] = failed_line(self.job_id, row, plan)
+                row["result"] = text(lines.failed(line_of(self.job_id, row), plan))
             else:
                 row["plan"] = json.dumps(plan.to_dict())
-                row["experts"] = json.dumps(chosen(plan))
+                row["experts"] = json.dumps(plan.decision.chosen)
         return batch_of(rows, ROUTED)
 
 
-def chosen(plan: Plan) -> list[str]:
-    return [c.expert for c in plan.decision.candidates[: plan.decision.k]]
+def assign_job(
+    spec: EngineSpec, job_id: str, assigner: Assigner, routed: list[dict[str, Any]]
+) -> dict[int, str]:
+    """The job's assign step, run once by the driver after every line is routed: the routed
+    lines' plans (`index`, `plan` rows) through the assigner, in an engine built for it
+    (none when no line was routed). Returns the lines whose plan it changed, stored."""
+    stored = {int(r["index"]): json.loads(r["plan"]) for r in routed}
+    if not stored:
+        asyncio.run(assign_stored(assigner, _no_engine, job_id, stored))
+        return {}
+    host = EngineHost(spec, routers=False)
+    try:
+        engine = host.runtime.engine
+        final = host.run(assign_stored(assigner, lambda: engine, job_id, stored))
+    finally:
+        host.close()
+    if unknown := sorted(set(final) - set(stored)):
+        raise ValueError(f"batch {job_id}: plans assigned to lines never routed: {unknown}")
+    return {i: json.dumps(p) for i, p in final.items() if p != stored[i]}
+
+
+def _no_engine() -> Engine:
+    raise AssertionError("no line was routed: nothing to restore")
+
+
+def reassign(batch: Batch, changed: dict[int, str]) -> Batch:
+    """Routed rows with the plans the assign step changed (and their chosen experts)."""
+    rows = rows_of(batch)
+    for row in rows:
+        plan = changed.get(int(row["index"]))
+        if plan is not None:
+            row["plan"] = plan
+            row["experts"] = json.dumps(
+                RouteDecision.from_dict(json.loads(plan)["decision"]).chosen
+            )
+    return batch_of(rows, ROUTED)
 
 
 def expert_pairs(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,21 +193,15 @@ class AnswerStage:
         engine = self.host.runtime.engine
         plan = engine.restore(json.loads(row["plan"]))
         body = json.loads(row["body"])
-        expert, name = str(row["expert"]), self.host.name
+        expert, name, faults = str(row["expert"]), self.host.name, self.host.faults
         row["part"], row["result"] = "", ""
         async with self.limit:
             if plan.fans_out:
-                part = await engine.ask(expert, body, sender=name)
-                self.host.faults.hit("run:answered")
+                part = await lines.ask(engine, expert, body, name, faults)
                 row["part"] = json.dumps(part.to_record())
                 return
-            try:
-                answer = await engine.answer_on(plan, expert, body, sender=name)
-            except CoeError as err:
-                row["result"] = failed_line(self.job_id, row, err)
-                return
-            self.host.faults.hit("run:answered")
-            row["result"] = answered_line(self.job_id, row, plan, answer, name)
+            line = line_of(self.job_id, row)
+            row["result"] = text(await lines.answer(engine, line, plan, expert, body, name, faults))
 
 
 class CombineStage:
@@ -188,19 +218,10 @@ class CombineStage:
         engine = self.host.runtime.engine
         plan = engine.restore(json.loads(row["plan"]))
         stored = {str(r["expert"]): json.loads(r["part"]) for r in rows}
-        parts = [
-            ExpertAnswer.from_record(c.expert, c.score, stored.get(c.expert))
-            for c in plan.decision.candidates[: plan.decision.k]
-        ]
         body = json.loads(row["body"])
-        try:
-            answer = self.host.run(engine.combine(plan, parts, body))
-        except CoeError as err:
-            result = failed_line(self.job_id, row, err)
-        else:
-            self.host.faults.hit("aggregate:answered")
-            result = answered_line(self.job_id, row, plan, answer, self.host.name)
-        return {"index": [row["index"]], "result": [result]}
+        line, name = line_of(self.job_id, row), self.host.name
+        combined = lines.combine(engine, line, plan, stored, body, name, self.host.faults)
+        return {"index": [row["index"]], "result": [text(self.host.run(combined))]}
 
 
 async def _gather(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -211,8 +232,4 @@ def unit_failed(job_id: str, row: dict[str, Any], tries: int, err: BaseException
     """The error line of a line whose stage raised `tries` times (as the Redis engine gives
     up a unit after its deliveries)."""
     message = f"line {int(row['index']) + 1} failed {tries} times: {type(err).__name__}: {err}"
-    error = ("batch_unit_failed", message)
-    line = result_line(
-        job_id, int(row["index"]), str(row["custom_id"]), status_code=500, error=error
-    )
-    return json.dumps(line)
+    return text(lines.given_up(line_of(job_id, row), message))

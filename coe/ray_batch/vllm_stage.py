@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from coe.batch.wire import answer_body, result_line
+from coe.batch.lines import LineId, answered, error_line
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig, ExpertSpec
 from coe.pipeline import Answer, expert_request
@@ -160,7 +160,7 @@ def answered_row(
     out = {k: row[k] for k in ("index", "custom_id", "body", "plan", "expert")}
     out["part"], out["result"] = "", ""
     response = None if error else completion(row, experts[expert].model)
-    index, custom_id = int(row["index"]), str(row["custom_id"])
+    line = LineId(job_id, int(row["index"]), str(row["custom_id"]))
     if decision.k > 1:
         record: dict[str, Any] = (
             {"status": "ok", "response": response, "latency_ms": 0.0}
@@ -169,13 +169,11 @@ def answered_row(
         )
         out["part"] = json.dumps(record)
     elif response is not None:
-        body = answer_body(decision, Answer(expert=expert, response=response), worker=WORKER)
-        out["result"] = json.dumps(result_line(job_id, index, custom_id, body=body))
+        answer = Answer(expert=expert, response=response)
+        out["result"] = json.dumps(answered(line, decision, answer, WORKER).result)
     else:
-        failed = ("upstream_error", f"expert {expert} failed in the engine: {error}")
-        out["result"] = json.dumps(
-            result_line(job_id, index, custom_id, error=failed, status_code=502)
-        )
+        message = f"expert {expert} failed in the engine: {error}"
+        out["result"] = json.dumps(error_line(line, "upstream_error", message, 502).result)
     return out
 
 
