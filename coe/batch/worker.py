@@ -37,6 +37,8 @@ from coe.batch.work import BatchWork, Line
 from coe.errors import CoeError, StoreUnavailable
 from coe.observability import Metrics
 from coe.pipeline import Answer, Engine, Plan
+from coe.routing import Caller
+from coe.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,9 @@ class BatchWorker:
     # -- phase 1 ------------------------------------------------------------------------
     async def route(self, unit: Unit) -> None:
         lines = await self.jobs.unrouted(unit)
-        plans = await self.engine().plan_many([line.body for line in lines])
+        owner = await self.jobs.store.hget(keys.batch_job(unit.job_id), "owner")
+        caller = Caller(key_id=owner or None)  # the key that created the job, if one did
+        plans = await self.engine().plan_many([line.body for line in lines], caller)
         for line, plan in zip(lines, plans, strict=True):
             if isinstance(plan, CoeError):
                 await self._fail(unit.job_id, line, plan)
