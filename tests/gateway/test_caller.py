@@ -4,6 +4,9 @@ and the request's `coe.conversation` arrive in `RouteContext.caller`, a bad conv
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,12 @@ async def app(tmp_path: Path) -> AsyncIterator[FastAPI]:
             "routers_dirs": [str(REPO / "routers"), str(tmp_path)],
         }
     )
-    settings = Settings(admin_token=TOKEN, require_api_key=True)  # type: ignore[arg-type]
+    settings = Settings(
+        admin_token=TOKEN,  # type: ignore[arg-type]
+        require_api_key=True,
+        batch_chunk=2,
+        batch_claim_idle_s=0.5,
+    )
     async with running_gateway(settings, config, route_to(upstream)) as gateway:
         yield gateway
 
@@ -100,3 +108,34 @@ async def test_a_bad_conversation_is_a_400_naming_it(app: FastAPI, bad: object) 
     assert error["type"] == "invalid_request_error" and error["param"] == "coe.conversation"
     assert error["message"].startswith("Invalid request: coe.conversation: ")
     assert not seen(app)
+
+
+async def test_batch_lines_carry_the_jobs_key_and_their_own_conversation(app: FastAPI) -> None:
+    client, key_id = await client_of(app)
+    lines = [
+        {"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+        for i, body in enumerate([chat(coe={"conversation": "c-0"}), chat(), chat()])
+    ]
+    upload = "\n".join(json.dumps(line) for line in lines).encode()
+    async with client:
+        made = await client.post(
+            "/v1/files", files={"file": ("in.jsonl", upload)}, data={"purpose": "batch"}
+        )
+        assert made.status_code == 200, made.text
+        job = await client.post(
+            "/v1/batches",
+            json={
+                "input_file_id": made.json()["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            },
+        )
+        assert job.status_code == 200, job.text
+        deadline = time.monotonic() + 20
+        while (await client.get(f"/v1/batches/{job.json()['id']}")).json()["status"] != (
+            "completed"
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+    callers = sorted((c.caller.key_id, c.caller.conversation or "") for c in seen(app))
+    assert callers == [(key_id, ""), (key_id, ""), (key_id, "c-0")]
