@@ -34,6 +34,7 @@ from coe.routing.needs import RequestNeeds, needs_of
 from coe.routing.policy import RoutingPolicy, Scope, expert_body, pipeline_named, policy_of
 from coe.routing.registry import RouterRegistry, router_specs
 from coe.routing.settle import all_abstained, direct, router_failed, settle
+from coe.routing.wrapping import setup_order
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -436,36 +437,6 @@ async def build_engine(
         except Exception as err:
             raise _not_built(name, specs[name][0], err) from err
     return engine
-
-
-def setup_order(routers: Mapping[str, Router]) -> list[str]:
-    """The routers in the order to set them up: each after the routers it wraps, otherwise as
-    configured. Wrapping a router that does not exist, itself, or in a circle is a ConfigError."""
-    order: list[str] = []
-    visiting: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in order:
-            return
-        if name in visiting:
-            circle = " -> ".join([*visiting[visiting.index(name) :], name])
-            raise ConfigError(f"routers wrap each other in a circle: {circle}")
-        visiting.append(name)
-        for inner in routers[name].wraps():
-            if inner == name:
-                raise ConfigError(f"router {name!r} cannot wrap itself")
-            if inner not in routers:
-                raise ConfigError(
-                    f"router {name!r} wraps router {inner!r}, which does not exist; "
-                    f"the routers are: {', '.join(sorted(routers))}"
-                )
-            visit(inner)
-        visiting.pop()
-        order.append(name)
-
-    for name in routers:
-        visit(name)
-    return order
 
 
 def _not_built(name: str, type_name: str, err: Exception) -> CoeError:
