@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from coe.aggregation import Aggregation, ExpertAnswer
@@ -27,10 +28,13 @@ from coe.errors import (
 from coe.experts.registry import ExpertRegistry
 from coe.experts.schema import AggregationSpec, CoeConfig, ExpertSpec, PipelineSpec
 from coe.routing.base import RouteContext, Router, RouterDeps
+from coe.routing.context import Caller, PoolStateSource, PoolViews, QueryInfo
 from coe.routing.decision import RouteDecision
+from coe.routing.needs import RequestNeeds, needs_of
 from coe.routing.policy import RoutingPolicy, Scope, expert_body, pipeline_named, policy_of
 from coe.routing.registry import RouterRegistry, router_specs
 from coe.routing.settle import all_abstained, direct, router_failed, settle
+from coe.routing.wrapping import setup_order
 from coe.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,14 @@ def query_text(messages: list[dict[str, Any]]) -> str:
     raise InvalidRequest("messages must contain at least one user message", param="messages")
 
 
+def _caller(policy: RoutingPolicy | None, caller: Caller | None) -> Caller:
+    """The caller, in the conversation the request's policy names (if it names one)."""
+    caller = caller or Caller()
+    if policy is None or policy.conversation is None:
+        return caller
+    return replace(caller, conversation=policy.conversation)
+
+
 def expert_request(expert: ExpertSpec, body: dict[str, Any]) -> dict[str, Any]:
     """The whole request `expert` gets for `body` over HTTP (no `coe` policy; its model id,
     system prompt, defaults and token cap): what a batch engine generating in-process sends
@@ -115,11 +127,17 @@ class Engine:
         registry: ExpertRegistry,
         client: ExpertClient,
         routers: Mapping[str, Router],
+        pools: PoolStateSource | None = None,
     ):
+        """`pools`: where the pools' published state comes from; by default the client's
+        liveness source when it publishes states (`coe.dispatch.liveness.PoolStates`)."""
         self.config = config
         self.registry = registry
         self.client = client
         self.routers = dict(routers)
+        if pools is None and isinstance(client.liveness, PoolStateSource):
+            pools = client.liveness
+        self.pool_views = PoolViews(pools)
         self.pipelines: dict[str, PipelineSpec] = dict(config.pipelines) or {
             config.default_pipeline: DEFAULT_PIPELINE
         }
@@ -145,8 +163,16 @@ class Engine:
             return target
         return Target(pipeline=pipeline_named(policy, self.pipelines, target.expert))
 
-    def context(self, request_id: str | None = None) -> RouteContext:
-        """What routers may choose from: registered experts, minus those a pool cannot load."""
+    def context(
+        self,
+        request_id: str | None = None,
+        needs: RequestNeeds | None = None,
+        caller: Caller | None = None,
+        each: Sequence[QueryInfo] = (),
+    ) -> RouteContext:
+        """What routers may choose from: registered experts, minus those a pool cannot load;
+        with the request's needs and caller (or, for a batch, each query's) and the pools'
+        published state."""
         experts = self.registry.snapshot()
         if down := self.client.unavailable():
             experts = {name: spec for name, spec in experts.items() if name not in down}
@@ -155,14 +181,22 @@ class Engine:
             default_expert=self.config.default_expert,
             categories=self.config.categories,
             request_id=request_id,
+            needs=needs or RequestNeeds(),
+            caller=caller or Caller(),
+            pools=self.pool_views.current(),
+            each=tuple(each),
         )
 
     # -- routing --------------------------------------------------------------------------
     def _scoped(
-        self, request_id: str | None, policy: RoutingPolicy | None
+        self,
+        request_id: str | None,
+        policy: RoutingPolicy | None,
+        needs: RequestNeeds | None = None,
+        caller: Caller | None = None,
     ) -> tuple[RouteContext, Scope | None]:
         """The routing context, narrowed to the experts the request's policy allows."""
-        ctx = self.context(request_id)
+        ctx = self.context(request_id, needs, caller)
         if policy is None:
             return ctx, None
         scope = Scope.of(policy, self.registry.snapshot(), ctx.experts)
@@ -174,9 +208,12 @@ class Engine:
         query: str,
         request_id: str | None = None,
         policy: RoutingPolicy | None = None,
+        *,
+        needs: RequestNeeds | None = None,
+        caller: Caller | None = None,
     ) -> RouteDecision:
         """One query through the target's routers, in order, until one does not abstain."""
-        ctx, scope = self._scoped(request_id, policy)
+        ctx, scope = self._scoped(request_id, policy, needs, _caller(policy, caller))
         if target.expert is not None:
             return direct(target.expert, scope)
         assert target.pipeline is not None
@@ -193,11 +230,20 @@ class Engine:
         raise all_abstained(target.pipeline, tried, scope)
 
     async def decide_many(
-        self, target: Target, queries: Sequence[str], policy: RoutingPolicy | None = None
+        self,
+        target: Target,
+        queries: Sequence[str],
+        policy: RoutingPolicy | None = None,
+        *,
+        each: Sequence[QueryInfo] = (),
     ) -> list[RouteDecision | CoeError]:
         """Many queries with one target (and policy) at once: each router sees every query
-        still unrouted in one `route_batch` call (embeddings are encoded together)."""
+        still unrouted in one `route_batch` call (embeddings are encoded together). `each`:
+        every query's own needs and caller, in order (`RouteContext.each`)."""
         ctx, scope = self._scoped(None, policy)
+        infos = list(each) or [QueryInfo(caller=_caller(policy, None))] * len(queries)
+        if len(infos) != len(queries):
+            raise ValueError(f"{len(queries)} queries but {len(infos)} entries in each")
         if target.expert is not None:
             return [direct(target.expert, scope) for _ in queries]
         assert target.pipeline is not None
@@ -210,7 +256,8 @@ class Engine:
                 break
             try:
                 decisions = await self.routers[router_name].route_batch(
-                    [queries[i] for i in pending], ctx
+                    [queries[i] for i in pending],
+                    replace(ctx, each=[infos[i] for i in pending]),
                 )
             except ROUTER_OUTAGES as err:
                 decisions = [router_failed(router_name, err)] * len(pending)
@@ -226,38 +273,50 @@ class Engine:
             out[i] = all_abstained(target.pipeline, tried[i], scope)
         return [o for o in out if o is not None]
 
-    async def plan(self, body: dict[str, Any], request_id: str | None = None) -> Plan:
+    async def plan(
+        self, body: dict[str, Any], request_id: str | None = None, caller: Caller | None = None
+    ) -> Plan:
         """Resolve the model and route the query under the body's policy (`coe`, see
-        coe.routing.policy); k > 1 means a fan-out."""
+        coe.routing.policy), with the body's needs and the caller in the routing context;
+        k > 1 means a fan-out."""
         policy = policy_of(body)
         target = self.target(str(body.get("model", "")), policy)
         started = time.perf_counter()
-        decision = await self.decide(target, query_text(body["messages"]), request_id, policy)
+        query = query_text(body["messages"])
+        decision = await self.decide(
+            target, query, request_id, policy, needs=needs_of(body), caller=caller
+        )
         return self._plan(target, decision, (time.perf_counter() - started) * 1000)
 
-    async def plan_many(self, bodies: Sequence[dict[str, Any]]) -> list[Plan | CoeError]:
+    async def plan_many(
+        self, bodies: Sequence[dict[str, Any]], caller: Caller | None = None
+    ) -> list[Plan | CoeError]:
         """Route a batch of requests, grouped by target so routers batch their work. A line
-        that cannot be routed gets its error in its place; the others go on."""
+        that cannot be routed gets its error in its place; the others go on. `caller`: whom
+        the lines come from (a batch job's owner key); each line's conversation is its own."""
         out: list[Plan | CoeError | None] = [None] * len(bodies)
-        groups: dict[tuple[Target, str], list[tuple[int, str]]] = {}
+        groups: dict[tuple[Target, str], list[tuple[int, str, QueryInfo]]] = {}
         policies: dict[str, RoutingPolicy | None] = {}
         for i, body in enumerate(bodies):
             try:
                 policy = policy_of(body)
                 target = self.target(str(body.get("model", "")), policy)
                 key = policy.key() if policy is not None else ""
-                policies[key] = policy
-                groups.setdefault((target, key), []).append((i, query_text(body["messages"])))
+                policies.setdefault(key, policy)
+                info = QueryInfo(needs_of(body), _caller(policy, caller))
+                groups.setdefault((target, key), []).append((i, query_text(body["messages"]), info))
             except CoeError as err:
                 out[i] = err
         for (target, key), members in groups.items():
             started = time.perf_counter()
             try:
-                decisions = await self.decide_many(target, [q for _, q in members], policies[key])
+                decisions = await self.decide_many(
+                    target, [q for _, q, _ in members], policies[key], each=[m[2] for m in members]
+                )
             except (InvalidRequest, ExpertUnavailable) as err:  # the policy cannot be met
                 decisions = [err] * len(members)
             each_ms = (time.perf_counter() - started) * 1000 / len(members)
-            for (i, _), decision in zip(members, decisions, strict=True):
+            for (i, _, _), decision in zip(members, decisions, strict=True):
                 out[i] = (
                     decision
                     if isinstance(decision, CoeError)
@@ -353,20 +412,30 @@ async def build_engine(
     base_dir: Path,
     encoders: Any = None,
 ) -> Engine:
-    """Load router plug-ins, build every configured router and set it up: a complete engine
-    or an error naming the router that failed (nothing half built is ever returned)."""
+    """Load router plug-ins, build every configured router, check what each wraps, and set
+    them up (a wrapped router before its wrappers): a complete engine or an error naming the
+    router that failed (nothing half built is ever returned)."""
     plugins = RouterRegistry.load(config.routers_dirs, base_dir)
     engine = Engine(config, registry, client, {})
     deps = RouterDeps(
-        config=config, store=store, base_dir=base_dir, chat=engine.chat_text, encoders=encoders
+        config=config,
+        store=store,
+        base_dir=base_dir,
+        chat=engine.chat_text,
+        encoders=encoders,
+        routers=MappingProxyType(engine.routers),  # filled below, read by wrapping routers
     )
-    for name, (type_name, params) in router_specs(config).items():
+    specs = router_specs(config)
+    for name, (type_name, params) in specs.items():
         try:
-            router = plugins.build(name, type_name, params, deps)
-            await router.setup()
+            engine.routers[name] = plugins.build(name, type_name, params, deps)
         except Exception as err:  # re-raised, naming the router; the traceback is kept
             raise _not_built(name, type_name, err) from err
-        engine.routers[name] = router
+    for name in setup_order(engine.routers):
+        try:
+            await engine.routers[name].setup()
+        except Exception as err:
+            raise _not_built(name, specs[name][0], err) from err
     return engine
 
 

@@ -2,7 +2,8 @@
 
 Labels are experts or categories (mapped to experts through the category table);
 with per-expert outcome scores it predicts each expert's score from the query's
-neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3). Neighbours come
+neighbours and picks the best, optionally minus λ·cost (DESIGN.md §3); the predictions are
+the decision's estimates, and the softmax of the utilities its probability. Neighbours come
 from an index (coe/routing/index.py): exact, or approximate past `approximate_from` examples.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
+from coe.routing import Candidate, ConfigError, Estimate, RouteContext, RouteDecision, Router
 from coe.routing.data import (
     LabelledExample,
     OutcomeExample,
@@ -231,6 +232,11 @@ class EmbeddingRouter(Router):
                         + (f", cost λ={p.cost_lambda}" if p.cost_lambda else "")
                     ),
                     details={"predicted": predicted, "cost_lambda": p.cost_lambda},
+                    estimates=tuple(
+                        Estimate(names[int(j)], round(float(pred[i, j]), 6), cost=float(costs[j]))
+                        for j in order
+                    ),
+                    probability=min(1.0, round(float(probs[i, order[0]]), 6)),
                 )
             )
         return out

@@ -2,7 +2,9 @@
 
 Each expert carries a one-sentence task instruction (a JSON file from `coe build
 instructions`, the store, or its description); the query's instruction is cached by
-query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cosine).
+query hash, so a repeated query costs no LLM call. Scores are softmax(alpha·cosine): each
+expert's is its estimate (the probability it is the right one), the first's the decision's
+probability.
 When the instruction LLM fails or hangs the router abstains (the pipeline's next router
 answers); when the store is down the cache is skipped. A weak writer is noticed too: an
 instruction far from the query it describes makes the router abstain, and when most recent
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.routing import Candidate, ConfigError, RouteContext, RouteDecision, Router
+from coe.routing import Candidate, ConfigError, Estimate, RouteContext, RouteDecision, Router
 from coe.routing.encoders import text_hash
 from coe.store import keys
 
@@ -252,15 +254,18 @@ class InstructionRouter(Router):
                     out.append(rejected)
                     continue
                 how = f"instruction {instructions[i]!r}"
+            candidates = tuple(
+                Candidate(names[int(j)], round(float(probs[i, j]), 6)) for j in order
+            )
             out.append(
                 RouteDecision(
-                    candidates=tuple(
-                        Candidate(names[int(j)], round(float(probs[i, j]), 6)) for j in order
-                    ),
+                    candidates=candidates,
                     router=self.name,
                     k=min(self.params.k, len(names)),
                     reason=f"{how}; closest expert instruction: {names[int(order[0])]}",
                     details=details,
+                    estimates=tuple(Estimate(c.expert, c.score) for c in candidates),
+                    probability=min(1.0, candidates[0].score),
                 )
             )
         return out

@@ -39,6 +39,8 @@ from coe.batch.work import BatchWork, Line
 from coe.errors import CoeError, StoreUnavailable
 from coe.observability import Metrics
 from coe.pipeline import Engine
+from coe.routing import Caller
+from coe.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +239,9 @@ class BatchWorker:
     # -- phase 1 ------------------------------------------------------------------------
     async def route(self, unit: Unit) -> None:
         todo = await self.jobs.unrouted(unit)
-        plans = await self.engine().plan_many([line.body for line in todo])
+        owner = await self.jobs.store.hget(keys.batch_job(unit.job_id), "owner")
+        caller = Caller(key_id=owner or None)  # the key that created the job, if one did
+        plans = await self.engine().plan_many([line.body for line in todo], caller)
         for line, plan in zip(todo, plans, strict=True):
             if isinstance(plan, CoeError):
                 await self._write(unit.job_id, line, lines.failed(_id(unit, line), plan))

@@ -26,7 +26,7 @@ from coe.gateway.errors import client_error, log_failure, read_json
 from coe.observability import Metrics
 from coe.pipeline import Engine, Plan
 from coe.protocol import ChatCompletionRequest
-from coe.routing import RouteDecision
+from coe.routing import Caller, RouteDecision
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -104,7 +104,7 @@ async def chat_completions(request: Request, runtime: RuntimeDep, rid: RequestId
         log.info("request %s: passing unrecognised fields to the expert: %s", rid, unknown)
     body = req.upstream_body()
     engine = runtime.engine
-    plan = await engine.plan(body, rid)
+    plan = await engine.plan(body, rid, Caller(key_id=getattr(request.state, "api_key_id", None)))
     metrics = runtime.metrics
     metrics.observe_plan(plan)  # its choices and the decision's time
     seen = runtime.activity.watch(plan, rid, req.model, bool(req.stream))  # for the console

@@ -16,6 +16,7 @@ from coe.gateway.deps import RequestIdDep, RuntimeDep
 from coe.gateway.errors import read_json
 from coe.pipeline import query_text
 from coe.protocol import RouteRequest
+from coe.routing import Caller
 
 router = APIRouter()
 
@@ -40,7 +41,8 @@ async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dic
     engine = runtime.engine
     target = engine.target(req.model, req.coe)
     started = time.perf_counter()
-    decision = await engine.decide(target, query, rid, req.coe)
+    caller = Caller(key_id=getattr(request.state, "api_key_id", None))
+    decision = await engine.decide(target, query, rid, req.coe, caller=caller)
     runtime.metrics.observe_decision(
         target.pipeline, decision.router, time.perf_counter() - started
     )

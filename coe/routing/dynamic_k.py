@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from coe.routing.decision import RouteDecision
 
 
@@ -25,12 +27,9 @@ def dynamic_k(decision: RouteDecision, tau: float, max_k: int) -> RouteDecision:
                 k = i
                 break
     k = min(k, max_k, len(scores))
-    return RouteDecision(
-        candidates=decision.candidates,
-        router=decision.router,
+    return replace(
+        decision,
         reason=f"{decision.reason}; dynamic k={k} (tau={tau}, cumulative={cumulative:.2f})",
         k=k,
-        abstained=False,
-        category=decision.category,
         details={**decision.details, "dynamic_k": {"tau": tau, "max_k": max_k, "k": k}},
     )

@@ -1,5 +1,7 @@
 """A request's own routing policy (`extra_body={"coe": {...}}`): which experts it may use
-(allow, deny, a cost ceiling), how many to consult (k), and through which pipeline.
+(allow, deny, a cost ceiling), how many to consult (k), through which pipeline, and the
+conversation the request belongs to (`conversation`, which constrains nothing: routers read
+it as `RouteContext.caller.conversation`).
 
 The policy narrows the experts routers may choose from (`RouteContext.experts`), so every
 router honours it without knowing of it; the engine then applies k and records the policy
@@ -22,6 +24,8 @@ from coe.routing.decision import RouteDecision
 POLICY_KEY = "coe"
 MAX_K = 16  # the most a pipeline may ask for (PipelineSpec.k)
 MAX_NAMES = 256
+CONVERSATION_MAX = 128
+CONVERSATION_PATTERN = r"^[A-Za-z0-9._:-]+$"  # what a key in a store or a log line holds as is
 
 
 class RoutingPolicy(BaseModel):
@@ -44,14 +48,22 @@ class RoutingPolicy(BaseModel):
     pipeline: str | None = Field(
         None, min_length=1, max_length=256, description="route with this pipeline instead"
     )
+    conversation: str | None = Field(
+        None,
+        min_length=1,
+        max_length=CONVERSATION_MAX,
+        pattern=CONVERSATION_PATTERN,
+        description="the conversation this request belongs to: 1-128 of A-Z a-z 0-9 . _ : -",
+    )
 
     def key(self) -> str:
-        """Equal for equal policies (requests are grouped by it in batches)."""
-        return self.model_dump_json()
+        """Equal for policies that route alike (requests are grouped by it in batches): the
+        conversation is the caller's, not a constraint, so it is left out."""
+        return self.model_dump_json(exclude={"conversation"})
 
     def echo(self) -> dict[str, Any]:
-        """The policy as the client set it."""
-        return self.model_dump(exclude_unset=True, exclude_none=True)
+        """The policy's constraints as the client set them (the conversation is not one)."""
+        return self.model_dump(exclude_unset=True, exclude_none=True, exclude={"conversation"})
 
 
 def policy_of(body: Mapping[str, Any]) -> RoutingPolicy | None:

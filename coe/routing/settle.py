@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from coe.errors import CoeError, RouterBusy, RoutingError
 from coe.experts.schema import ExpertSpec, PipelineSpec
@@ -78,27 +79,25 @@ def all_abstained(pipeline: str, tried: list[str], scope: Scope | None = None) -
 
 
 def _live_only(decision: RouteDecision, experts: Mapping[str, ExpertSpec]) -> RouteDecision | None:
+    """The decision over live experts only; the router's probability stays only while its
+    choice does (it was given to the first candidate)."""
     live = tuple(c for c in decision.candidates if c.expert in experts)
     if not live:
         return None
     if len(live) == len(decision.candidates):
         return decision
-    return RouteDecision(
+    return replace(
+        decision,
         candidates=live,
-        router=decision.router,
-        reason=decision.reason,
         k=min(decision.k, len(live)),
-        category=decision.category,
-        details=decision.details,
+        estimates=tuple(e for e in decision.estimates if e.expert in experts),
+        probability=decision.probability if live[0] == decision.candidates[0] else None,
     )
 
 
 def _with_note(decision: RouteDecision, note: str, tried: list[str]) -> RouteDecision:
-    return RouteDecision(
-        candidates=decision.candidates,
-        router=decision.router,
+    return replace(
+        decision,
         reason=f"{decision.reason} ({note})",
-        k=decision.k,
-        category=decision.category,
         details={**decision.details, "abstained": list(tried)},
     )
