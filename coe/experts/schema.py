@@ -72,7 +72,12 @@ class DynamicK(Strict):
 class AggregationSpec(Strict):
     """How the answers of k > 1 experts become one (docs/aggregation.md)."""
 
-    strategy: Literal["synthesize", "vote", "first", "best"] = "synthesize"
+    strategy: str = Field(
+        "synthesize",
+        min_length=1,
+        description="an aggregation strategy plug-in: synthesize, vote, first, best, or a "
+        "third party's (checked when the engine is built and by `coe check-config`)",
+    )
     aggregator: str | None = Field(
         None, description="fixed aggregator / judge; a router's details['aggregator'] wins"
     )
