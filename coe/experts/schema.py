@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from coe.errors import CoeError, ConfigError
+from coe.experts.encoder_names import check_name
 from coe.security.egress import EgressPolicy
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
@@ -189,10 +190,8 @@ class CoeConfig(Strict):
     @classmethod
     def _known_encoder(cls, value: str | None) -> str | None:
         if value is not None:
-            from coe.routing.encoder_backends import parse_spec
-
             try:
-                parse_spec(value)
+                check_name(value)
             except CoeError as err:
                 raise ValueError(err.message) from None
         return value
