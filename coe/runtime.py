@@ -310,6 +310,14 @@ def check_plugins(config: CoeConfig, base_dir: Path) -> list[str]:
     from coe.routing.registry import RouterRegistry, router_specs
 
     StrategyRegistry.load().check(pipeline_strategies(config))
+    if config.encoder is not None:
+        from coe.errors import ConfigError
+        from coe.routing.encoder_backends import EncoderKinds
+
+        try:
+            EncoderKinds.load().parse(config.encoder)
+        except ConfigError as err:
+            raise ConfigError(f"encoder: {err.message}") from None
     routers = RouterRegistry.load(config.routers_dirs, base_dir)
     checked = []
     for name, (type_name, params) in router_specs(config).items():

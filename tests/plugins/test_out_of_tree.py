@@ -223,3 +223,9 @@ def test_the_batch_engine_is_registered(site: Path) -> None:
         pytest.xfail(f"{BATCH_ENGINES.base} is not on this branch yet: {err.message}")
     engines.load_entry_points()
     assert engines.get("oot-echo").__module__ == "oot_batch"
+
+
+def test_check_config_names_an_unknown_encoder_kind(site: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path).model_copy(update={"encoder": "oot-size:model"})
+    with pytest.raises(ConfigError, match=r"encoder: unknown encoder 'oot-size:model'"):
+        check_plugins(cfg, tmp_path)
