@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from coe.aggregation import ExpertAnswer
+from coe.cli import main
 from coe.dispatch import ExpertClient
 from coe.errors import ConfigError
 from coe.experts.registry import ExpertRegistry
@@ -31,6 +33,7 @@ PLUGINS = '''
 """A plug-in of every family but the batch engine (oot_batch), each leaving a mark."""
 from typing import Any
 
+import click
 import numpy as np
 
 from coe.aggregation import Strategy
@@ -40,8 +43,15 @@ from coe.routing.decision import ranked_from_scores
 from coe.routing.encoder_backends import EncoderKind
 
 
+@click.command("oot-table")
+def build_table() -> None:
+    """Build the oot-last router's table."""
+    click.echo("oot table built")
+
+
 class LastRouter(Router):
     type_name = "oot-last"
+    build_command = build_table
 
     async def route(self, query: str, ctx: RouteContext) -> RouteDecision:
         names = sorted(ctx.experts)
@@ -199,6 +209,16 @@ async def test_the_router_and_the_strategy_answer(site: Path, tmp_path: Path) ->
     )
     assert answer.expert == "beta" and answer.fanout is not None
     assert answer.fanout["aggregation"]["strategy"] == "oot-shortest"
+
+
+def test_the_router_brings_its_build_command(
+    site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COE_EXPERTS_FILE", str(tmp_path / "none.yaml"))
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(main, ["build", "oot-table"])
+    assert out.exit_code == 0, out.output
+    assert out.output == "oot table built\n"
 
 
 def test_the_encoder_kind_encodes(site: Path, tmp_path: Path) -> None:
