@@ -11,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from coe.aggregation import Aggregation, ExpertAnswer
+from coe.aggregation import Aggregation, ExpertAnswer, StrategyRegistry, pipeline_strategies
 from coe.dispatch import Answer, ExpertClient, complete_ranked, stream_ranked
 from coe.dispatch.client import prepare_body
 from coe.errors import (
@@ -127,11 +127,13 @@ class Engine:
         registry: ExpertRegistry,
         client: ExpertClient,
         routers: Mapping[str, Router],
+        aggregations: StrategyRegistry | None = None,
         pools: PoolStateSource | None = None,
     ):
         """`pools`: where the pools' published state comes from; by default the client's
         liveness source when it publishes states (`coe.dispatch.liveness.PoolStates`)."""
         self.config = config
+        self.aggregations = aggregations or StrategyRegistry.builtins()
         self.registry = registry
         self.client = client
         self.routers = dict(routers)
@@ -394,7 +396,10 @@ class Engine:
         return await combined(list(answers), expert_body(body), question, stream=False)
 
     def _aggregation(self, plan: Plan) -> Aggregation:
-        return Aggregation(self.client, self.registry.snapshot(), plan.decision, plan.aggregation)
+        strategy = self.aggregations.strategy(plan.aggregation.strategy)
+        return Aggregation(
+            self.client, self.registry.snapshot(), plan.decision, plan.aggregation, strategy
+        )
 
     async def chat_text(self, expert: str, messages: list[dict[str, Any]], **params: Any) -> str:
         """A ChatCaller for routers (keywords, instructions): one expert, plain text back."""
@@ -416,7 +421,9 @@ async def build_engine(
     them up (a wrapped router before its wrappers): a complete engine or an error naming the
     router that failed (nothing half built is ever returned)."""
     plugins = RouterRegistry.load(config.routers_dirs, base_dir)
-    engine = Engine(config, registry, client, {})
+    aggregations = StrategyRegistry.load()
+    aggregations.check(pipeline_strategies(config))
+    engine = Engine(config, registry, client, {}, aggregations)
     deps = RouterDeps(
         config=config,
         store=store,

@@ -1,23 +1,25 @@
-"""Plug-in classes by name, from the `*.py` files of a folder and from an entry-point group.
+"""Plug-in classes by name: built-ins, the `*.py` files of a folder, an entry-point group.
 
-Routers and swap controllers both come in this way; built-ins load through the same
-path as third-party ones, so a new kind is one new file and no central table.
+Every family (routers, swap controllers, aggregation strategies, encoder kinds, batch
+engines; `coe.plugin_families`) comes in this way. Built-ins load through the function that
+loads an entry point's target, so a built-in and a third party's plug-in behave alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import sys
 import types
-from collections.abc import Iterable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from coe.errors import ConfigError
+from coe.plugin_families import Family, builtin
 
 T = TypeVar("T")
 
@@ -39,6 +41,20 @@ class Plugins(Generic[T]):
         self.what = what
         self.label = label
         self._classes: dict[str, type[T]] = {}
+
+    @classmethod
+    def of(cls, family: Family) -> Plugins[T]:
+        """An empty registry for one row of the family table (its base imported now)."""
+        base = load_object(family.base)
+        return cls(base, family.attr, family.group, family.what, family.label)
+
+    def load_builtins(self, family: Family) -> None:
+        """The family's built-ins, each loaded as an entry point's target would be."""
+        for entry in family.builtins:
+            name, target = builtin(entry)
+            cls = self.load_target(target, origin=f"built-in {name} ({target})")
+            if getattr(cls, self.attr, None) != name:
+                raise ConfigError(f"built-in {name} ({target}): its {self.attr} is not {name!r}")
 
     def register(self, cls: type[T], origin: str = "") -> None:
         name = getattr(cls, self.attr, None)
@@ -62,23 +78,18 @@ class Plugins(Generic[T]):
 
     def load_entry_points(self) -> None:
         for ep in entry_points(group=self.group):
-            self.load_entry_point(ep)
+            self.load_target(ep.value, origin=f"entry point {ep.name} ({ep.value})")
 
-    def load_targets(self, targets: Iterable[str]) -> None:
-        """Built-ins named as entry points name their target ("module:attr"), loaded the
-        same way as an installed package's."""
-        for target in targets:
-            self.load_entry_point(EntryPoint(name=target, value=target, group=self.group))
-
-    def load_entry_point(self, ep: EntryPoint) -> None:
-        origin = f"entry point {ep.name} ({ep.value})"
+    def load_target(self, target: str, origin: str) -> type[T]:
+        """Register the class `module:attr` names: an entry point's value or a built-in."""
         try:
-            cls = ep.load()
-        except Exception as err:
-            raise ConfigError(f"{origin}: failed to import: {err}") from err
+            cls = load_object(target)
+        except ConfigError as err:
+            raise ConfigError(f"{origin}: {err.message}") from None
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             raise ConfigError(f"{origin}: not a {self.what} class")
         self.register(cls, origin=origin)
+        return cls
 
     def names(self) -> list[str]:
         return sorted(self._classes)
@@ -91,6 +102,18 @@ class Plugins(Generic[T]):
             raise ConfigError(
                 f"unknown {self.what} {self.label} {name!r} (known: {known})"
             ) from None
+
+
+def load_object(target: str) -> Any:
+    """The object `module:attr` (or `module:outer.inner`) names; extras (`[x]`) are ignored."""
+    module_name, _, attr = target.partition("[")[0].strip().partition(":")
+    try:
+        value: Any = importlib.import_module(module_name.strip())
+        for part in attr.strip().split(".") if attr.strip() else ():
+            value = getattr(value, part)
+    except Exception as err:
+        raise ConfigError(f"failed to import: {err}") from err
+    return value
 
 
 def parse_params(model: type[BaseModel], params: dict[str, Any], where: str) -> BaseModel:

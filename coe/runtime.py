@@ -207,9 +207,19 @@ def check_plugins(config: CoeConfig, base_dir: Path) -> list[str]:
     """Every router and pool the config names, resolved to a loaded plug-in with valid params,
     with no I/O beyond importing the plug-ins; what `coe check-config` checks after the schema.
     Returns one line per plug-in checked; the first problem is a ConfigError."""
+    from coe.aggregation import StrategyRegistry, pipeline_strategies
     from coe.pool.registry import ControllerRegistry
     from coe.routing.registry import RouterRegistry, router_specs
 
+    StrategyRegistry.load().check(pipeline_strategies(config))
+    if config.encoder is not None:
+        from coe.errors import ConfigError
+        from coe.routing.encoder_backends import EncoderKinds
+
+        try:
+            EncoderKinds.load().parse(config.encoder)
+        except ConfigError as err:
+            raise ConfigError(f"encoder: {err.message}") from None
     routers = RouterRegistry.load(config.routers_dirs, base_dir)
     checked = []
     for name, (type_name, params) in router_specs(config).items():

@@ -120,6 +120,7 @@ class WriterRecord:
 
 class InstructionRouter(Router):
     type_name = "instruction"
+    cache_namespace = "instruction"  # its LLM answers: keys.router_cache("instruction", ...)
     Params = InstructionParams
     params: InstructionParams
 
@@ -167,7 +168,7 @@ class InstructionRouter(Router):
         """The query's task instruction, from the store cache or one LLM call."""
         p = self.params
         assert p.instruction_expert is not None and self.deps.chat is not None
-        key = keys.instruction_cache(text_hash(f"{p.instruction_expert}\n{query}"))
+        key = keys.router_cache(self.cache_namespace, text_hash(f"{p.instruction_expert}\n{query}"))
         cached = await cache_get(self.deps.store, key)
         if cached is not None:
             return cached

@@ -105,6 +105,7 @@ def parse_keywords(text: str, max_words: int) -> list[str]:
 
 class SkillsRouter(Router):
     type_name = "skills"
+    cache_namespace = "keywords"  # its LLM answers: keys.router_cache("keywords", ...)
     Params = SkillsParams
     params: SkillsParams
 
@@ -159,7 +160,7 @@ class SkillsRouter(Router):
         """Recurring keywords from several samples of the keyword LLM (cached in the store)."""
         p = self.params
         assert p.keyword_expert is not None and self.deps.chat is not None
-        key = keys.keywords_cache(text_hash(f"{p.keyword_expert}\n{query}"))
+        key = keys.router_cache(self.cache_namespace, text_hash(f"{p.keyword_expert}\n{query}"))
         cached = await cache_get(self.deps.store, key)
         if cached is not None:
             return list(json.loads(cached))

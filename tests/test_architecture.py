@@ -36,6 +36,7 @@ BASE = (
     "coe.experts",
     "coe.errors",
     "coe.plugins",
+    "coe.plugin_families",
     "coe.config",
     "coe.backoff",
     "coe.security",

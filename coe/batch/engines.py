@@ -15,14 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
+from coe.plugin_families import BATCH_ENGINES
 from coe.plugins import Plugins
 
-GROUP = "coe.batch_engines"
-# The built-in engines, as an entry point names its target ("module:attr").
-BUILTIN_ENGINES = (
-    "coe.cli.local_engine:LocalEngine",
-    "coe.ray_batch.engine:RayEngine",
-)
 DEFAULT_ENGINE = "local"
 
 
@@ -60,7 +55,7 @@ class BatchEngine(ABC, Generic[OptionsT]):
 
 def batch_engines() -> Plugins[BatchEngine[Any]]:
     """The engines: the built-ins, then those installed packages name in `coe.batch_engines`."""
-    engines: Plugins[BatchEngine[Any]] = Plugins(BatchEngine, "name", GROUP, "batch", "engine")
-    engines.load_targets(BUILTIN_ENGINES)
+    engines: Plugins[BatchEngine[Any]] = Plugins.of(BATCH_ENGINES)
+    engines.load_builtins(BATCH_ENGINES)
     engines.load_entry_points()
     return engines

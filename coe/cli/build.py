@@ -1,4 +1,8 @@
-"""`coe build ...`: routing artefacts from data (category map, skill profiles, instructions)."""
+"""`coe build ...`: routing artefacts from data (category map, skill profiles, instructions).
+
+Beside these built-ins, a router plug-in brings its own builder: a `build_command` on its
+class (a click command, or a function returning one) becomes `coe build NAME`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,63 @@ from coe.routing.data import load_models, load_outcomes
 if TYPE_CHECKING:
     from coe.experts.schema import ExpertSpec
 
-build_group = click.Group("build", help="Build routing artefacts from labelled data.")
+
+class BuildGroup(click.Group):
+    """The built-in builders and every router plug-in's own, loaded once per invocation from
+    the experts file's `routers_dirs` (COE_EXPERTS_FILE) and the `coe.routers` entry points."""
+
+    def plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        meta = ctx.find_root().meta
+        if "coe.build.plugins" not in meta:
+            found: dict[str, click.Command] = {}
+            for type_name, command in router_build_commands().items():
+                if command.name in self.commands or command.name in found:
+                    raise click.ClickException(
+                        f"router type {type_name!r} brings `coe build {command.name}`, "
+                        "which is already a command"
+                    )
+                found[str(command.name)] = command
+            meta["coe.build.plugins"] = found
+        plugins: dict[str, click.Command] = meta["coe.build.plugins"]
+        return plugins
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.plugin_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self.plugin_commands(ctx).get(cmd_name)
+
+
+def router_build_commands(experts_file: Path | None = None) -> dict[str, click.Command]:
+    """type name -> the `coe build` command its router class declares (`build_command`)."""
+    from coe.config import Settings
+    from coe.errors import CoeError
+    from coe.experts.schema import load_config
+    from coe.routing.registry import RouterRegistry
+
+    path = experts_file or Settings().experts_file
+    dirs: list[str] = ["routers"]
+    base = Path.cwd()
+    if path.is_file():
+        try:
+            config = load_config(path)
+        except CoeError:  # `coe check-config` reports it; the built-in builders still work
+            pass
+        else:
+            dirs, base = list(config.routers_dirs), path.resolve().parent
+    present = [d for d in dirs if (Path(d) if Path(d).is_absolute() else base / d).is_dir()]
+    registry = RouterRegistry.load(present, base)
+    commands: dict[str, click.Command] = {}
+    for type_name in registry.names():
+        declared = getattr(registry.get(type_name), "build_command", None)
+        if declared is not None and not isinstance(declared, click.Command):
+            declared = declared()
+        if isinstance(declared, click.Command):
+            commands[type_name] = declared
+    return commands
+
+
+build_group = BuildGroup("build", help="Build routing artefacts from labelled data.")
 
 EXPERT_PROMPT = (
     "Write one sentence, starting with 'The task is', that describes the kind of request "

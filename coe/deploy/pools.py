@@ -2,7 +2,8 @@
 
 A pool belongs to its device. Its `service` must be the one compose service running
 `coe pool serve` for it; the servers its controller drives (sleep `servers`, static
-`upstreams`, lora `base_url`) are vLLM services that gateways and workers never call,
+`upstreams`, lora `base_url`: each controller class says, `servers_param` and
+`driven_urls`) are vLLM services that gateways and workers never call,
 or "at most C resident" would hold in one process only.
 """
 
@@ -14,12 +15,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from coe.deploy.services import ComposeService, not_a_service, resolve
+from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig, ExpertSpec
-
-# The controller param that names each member's own server, by controller kind.
-PER_EXPERT_KEY = {"sleep": "servers", "static": "upstreams"}
-# `process` starts its servers inside the pool service's container: nothing in compose.
-NO_UPSTREAMS = frozenset({"process"})
+from coe.pool.controllers.base import SwapController
+from coe.pool.registry import ControllerRegistry
 
 
 @dataclass(frozen=True)
@@ -31,20 +30,38 @@ class Upstream:
     where: str  # the config path naming it, e.g. pools.gpu0.params.servers.coder
     url: str
     expert: ExpertSpec | None  # whose model it must serve; None: not known statically
+    sleep_mode: bool = False  # the controller needs --enable-sleep-mode and the dev endpoints
 
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or ""
 
 
-def pool_upstreams(config: CoeConfig, source: str) -> tuple[list[Upstream], list[str]]:
+def controller_class(
+    kind: str, controllers: ControllerRegistry | None = None
+) -> type[SwapController]:
+    """The class behind a controller kind, asked what its pool's deploy checks are; a kind
+    not installed here (a `controllers_dirs` file) gets the base class's: every URL in its
+    params is a server it drives."""
+    registry = controllers or ControllerRegistry.load()
+    try:
+        return registry.get(kind)
+    except ConfigError:
+        return SwapController
+
+
+def pool_upstreams(
+    config: CoeConfig, source: str, controllers: ControllerRegistry | None = None
+) -> tuple[list[Upstream], list[str]]:
     """Every server the pools' controllers drive, and the members left without one."""
     upstreams: list[Upstream] = []
     problems: list[str] = []
+    registry = controllers or (ControllerRegistry.load() if config.pools else None)
     for name, pool in config.pools.items():
+        cls = controller_class(pool.controller, registry)
         members = [e for e in config.experts if e.pool == name]
         prefix = f"pools.{name}.params"
-        key = PER_EXPERT_KEY.get(pool.controller)
+        key = cls.servers_param
         if key is not None:
             table = pool.params.get(key)
             table = table if isinstance(table, Mapping) else {}
@@ -56,29 +73,23 @@ def pool_upstreams(config: CoeConfig, source: str) -> tuple[list[Upstream], list
                     "its endpoint is the pool service)"
                 )
             upstreams += [
-                Upstream(name, pool.controller, f"{prefix}.{key}.{e.name}", str(table[e.name]), e)
+                Upstream(
+                    name,
+                    pool.controller,
+                    f"{prefix}.{key}.{e.name}",
+                    str(table[e.name]),
+                    e,
+                    cls.needs_sleep_mode,
+                )
                 for e in members
                 if e.name not in missing
             ]
-        elif pool.controller == "lora":
-            base = pool.params.get("base_url")
-            if isinstance(base, str):
-                upstreams.append(Upstream(name, "lora", f"{prefix}.base_url", base, None))
-        elif pool.controller not in NO_UPSTREAMS:  # a plug-in: every URL in its params
+        else:
             upstreams += [
-                Upstream(name, pool.controller, f"{prefix}.{path}", value, None)
-                for path, value in _walk(pool.params)
-                if isinstance(value, str) and value.startswith(("http://", "https://"))
+                Upstream(name, pool.controller, f"{prefix}.{path}", url, None, cls.needs_sleep_mode)
+                for path, url in cls.driven_urls(pool.params)
             ]
     return upstreams, problems
-
-
-def _walk(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, value
 
 
 def check_pool_services(
@@ -174,7 +185,7 @@ def check_upstreams(
                 f"{source}: expert {expert.name} asks for model {expert.model!r} but "
                 f"{service.where()} serves {served} (--served-model-name)"
             )
-        if up.controller == "sleep":
+        if up.sleep_mode:
             if not service.sleep_mode:
                 problems.append(
                     f"{source}: expert {expert.name} is in sleep pool {up.pool} but "
@@ -254,7 +265,7 @@ def explain_outdated(data: Any, source: str, services: Mapping[str, ComposeServi
         endpoints = [str(u).rstrip("/") for u in expert.get("endpoints") or []]
         if service is None or endpoints == [service]:
             continue
-        key = PER_EXPERT_KEY.get(str(pools[pool_name].get("controller", "static")))
+        key = controller_class(str(pools[pool_name].get("controller", "static"))).servers_param
         move = f" and name {', '.join(endpoints)} in pools.{pool_name}.params.{key}.{who}"
         problems.append(
             f"{source}: expert {who} is in pool {pool_name} but calls "

@@ -1,7 +1,8 @@
 """Build the real router classes offline: a config whose experts are the data's models.
 
-Evaluation uses the same plug-in loader and classes that serve, fitted on a training
-split only; no HTTP endpoints are called.
+Evaluation uses the same plug-in loader and classes that serve (the config's
+`routers_dirs`, relative to `base_dir`, and the `coe.routers` entry points), fitted on a
+training split only; no HTTP endpoints are called.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from coe.routing.encoders import EncoderCache
 from coe.routing.registry import RouterRegistry
 from coe.store.embedded import EmbeddedStore
 
-ROUTERS_DIR = Path(__file__).resolve().parents[2] / "routers"
-
 
 def offline_config(
     experts: Sequence[str],
     default: str,
     models: dict[str, ModelInfo] | None = None,
     categories: dict[str, list[str]] | None = None,
+    routers_dirs: Sequence[str] | None = None,
 ) -> CoeConfig:
+    """`routers_dirs`: where the router plug-ins are (default: the config default, `routers`
+    relative to the base folder the routers are built in)."""
     models = models or {}
+    dirs = {} if routers_dirs is None else {"routers_dirs": list(routers_dirs)}
     return CoeConfig.model_validate(
         {
+            **dirs,
             "experts": [
                 {
                     "name": e,
@@ -61,9 +65,7 @@ def build_router(
     base_dir: Path | None = None,
     name: str | None = None,
 ) -> Router:
-    registry = RouterRegistry()
-    registry.load_dir(ROUTERS_DIR)
-    deps = RouterDeps(
-        config=config, store=EmbeddedStore(), base_dir=base_dir or Path.cwd(), encoders=encoders
-    )
+    base = base_dir or Path.cwd()
+    registry = RouterRegistry.load(config.routers_dirs, base)
+    deps = RouterDeps(config=config, store=EmbeddedStore(), base_dir=base, encoders=encoders)
     return registry.build(name or type_name, type_name, params, deps)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from coe.errors import CoeError, ConfigError
+from coe.experts.encoder_names import check_name
 from coe.security.egress import EgressPolicy
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
@@ -72,7 +73,12 @@ class DynamicK(Strict):
 class AggregationSpec(Strict):
     """How the answers of k > 1 experts become one (docs/aggregation.md)."""
 
-    strategy: Literal["synthesize", "vote", "first", "best"] = "synthesize"
+    strategy: str = Field(
+        "synthesize",
+        min_length=1,
+        description="an aggregation strategy plug-in: synthesize, vote, first, best, or a "
+        "third party's (checked when the engine is built and by `coe check-config`)",
+    )
     aggregator: str | None = Field(
         None, description="fixed aggregator / judge; a router's details['aggregator'] wins"
     )
@@ -184,10 +190,8 @@ class CoeConfig(Strict):
     @classmethod
     def _known_encoder(cls, value: str | None) -> str | None:
         if value is not None:
-            from coe.routing.encoder_backends import parse_spec
-
             try:
-                parse_spec(value)
+                check_name(value)
             except CoeError as err:
                 raise ValueError(err.message) from None
         return value

@@ -1,7 +1,9 @@
 """Swap controllers by kind: the `coe.swap_controllers` entry points and plug-in folders.
 
-The built-in kinds (static, process, lora, sleep) are entry points of this package, so
-they load through the same path as a third-party package's or a `controllers_dirs` file.
+The built-in kinds (static, process, lora, sleep) are rows of `coe.plugin_families`, loaded
+by the function that loads an entry point's target, beside a third party's kinds and the
+`controllers_dirs` files. (They are entry points of this package too: the same class seen
+twice is one kind.)
 """
 
 from __future__ import annotations
@@ -13,23 +15,26 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from coe.errors import ConfigError
+from coe.plugin_families import SWAP_CONTROLLERS
 from coe.plugins import Plugins, parse_params
 from coe.pool.controllers.base import PoolContext, SwapController
 
 if TYPE_CHECKING:
     from coe.experts.schema import PoolSpec
 
-GROUP = "coe.swap_controllers"
+GROUP = SWAP_CONTROLLERS.group
 
 
 class ControllerRegistry(Plugins[SwapController]):
     def __init__(self) -> None:
-        super().__init__(SwapController, "kind", group=GROUP, what="swap controller", label="kind")
+        f = SWAP_CONTROLLERS
+        super().__init__(SwapController, f.attr, group=f.group, what=f.what, label=f.label)
 
     @classmethod
     def load(cls, dirs: Sequence[str] = (), base_dir: Path | None = None) -> ControllerRegistry:
         """The installed kinds plus those in `dirs` (relative to `base_dir`, else the cwd)."""
         registry = cls()
+        registry.load_builtins(SWAP_CONTROLLERS)
         for folder in dirs:
             path = Path(folder)
             registry.load_dir(path if path.is_absolute() or base_dir is None else base_dir / path)

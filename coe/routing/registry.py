@@ -1,4 +1,4 @@
-"""Find router classes by type name: files in `routers/`, then the `coe.routers` entry points.
+"""Find router classes by type name: files in `routers_dirs`, then the `coe.routers` entry points.
 
 Built-in strategies live in `routers/` and load through the same path as
 third-party ones (`coe.plugins`), so there is no central if/elif to edit for a new router.
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from coe.plugin_families import ROUTERS
 from coe.plugins import Plugins, parse_params
 from coe.routing.base import Router, RouterDeps
 
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 class RouterRegistry(Plugins[Router]):
     def __init__(self) -> None:
-        super().__init__(Router, "type_name", group="coe.routers", what="router", label="type")
+        f = ROUTERS
+        super().__init__(Router, f.attr, group=f.group, what=f.what, label=f.label)
 
     def types(self) -> list[str]:
         return self.names()
@@ -30,6 +32,7 @@ class RouterRegistry(Plugins[Router]):
     def load(cls, dirs: Sequence[str], base_dir: Path) -> RouterRegistry:
         """The router types in `dirs` (relative to `base_dir`) and the installed entry points."""
         registry = cls()
+        registry.load_builtins(ROUTERS)
         for folder in dirs:
             path = Path(folder)
             registry.load_dir(path if path.is_absolute() else base_dir / path)

@@ -48,12 +48,10 @@ def batch_flag(job_id: str, name: str) -> str:
     return f"batch:{job_id}:flag:{name}"
 
 
-def instruction_cache(query_hash: str) -> str:
-    return f"cache:instruction:{query_hash}"
-
-
-def keywords_cache(query_hash: str) -> str:
-    return f"cache:keywords:{query_hash}"
+def router_cache(namespace: str, query_hash: str) -> str:
+    """A router's cached LLM answer for a query; each router class declares its `namespace`
+    (`cache_namespace`: "instruction", "keywords"), so a new router edits nothing here."""
+    return f"cache:{namespace}:{query_hash}"
 
 
 def artefact(router: str, name: str) -> str:

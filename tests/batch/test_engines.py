@@ -11,12 +11,13 @@ import pytest
 from click.testing import CliRunner
 from pydantic import Field
 
-from coe.batch.engines import BUILTIN_ENGINES, BatchEngine, EngineOptions, batch_engines
+from coe.batch.engines import BatchEngine, EngineOptions, batch_engines
 from coe.batch.status import MOVES, NEXT, NOT_DRIVEN, STOPPED, TERMINAL, JobStatus, Phase
 from coe.cli.engine_options import engine_params
 from coe.config import Settings
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig
+from coe.plugin_families import BATCH_ENGINES
 from coe.plugins import Plugins
 
 
@@ -55,10 +56,10 @@ class ClashEngine(BatchEngine[ClashOptions]):
 
 
 def registry(*targets: str) -> Plugins[BatchEngine[Any]]:
-    engines: Plugins[BatchEngine[Any]] = Plugins(
-        BatchEngine, "name", "coe.batch_engines", "batch", "engine"
-    )
-    engines.load_targets([*BUILTIN_ENGINES, *targets])
+    engines: Plugins[BatchEngine[Any]] = Plugins.of(BATCH_ENGINES)
+    engines.load_builtins(BATCH_ENGINES)
+    for target in targets:
+        engines.load_target(target, origin=f"entry point ({target})")
     return engines
 
 

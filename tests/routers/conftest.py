@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from coe.eval.harness import ROUTERS_DIR
 from coe.experts.schema import CoeConfig
 from coe.routing.base import ChatCaller, RouteContext, Router, RouterDeps
 from coe.routing.data import (
@@ -27,6 +26,7 @@ from coe.store.base import Store
 from coe.store.embedded import EmbeddedStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROUTERS_DIR = Path(__file__).resolve().parents[2] / "routers"  # the repository's built-ins
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,10 @@ async def test_instruction_is_written_once_then_cached(
     assert len(chat.calls) == 1 and chat.calls[0][0] == "writer"
     written = first.details["instruction"]
     assert written and written == " ".join(chat.calls[0][1].split())
-    assert await redis_store.get(keys.instruction_cache(text_hash(f"writer\n{query}"))) == written
+    assert (
+        await redis_store.get(keys.router_cache("instruction", text_hash(f"writer\n{query}")))
+        == written
+    )
     second = await router.route(query, ctx_of(config))
     assert len(chat.calls) == 1  # the repeated query cost no LLM call
     assert second.details["instruction"] == written and second.chosen == first.chosen

@@ -149,7 +149,7 @@ async def test_keyword_llm_path_is_taken_and_cached(
     assert all(QUERY in b["messages"][-1]["content"] for b in keyword_upstream.state.bodies)
     assert all(c.expert != "kw" for c in first.candidates)  # kw has no profile: not recruited
     assert np.isclose(sum(c.score for c in first.candidates), 1.0, atol=1e-3)
-    cached = await redis_store.get(keys.keywords_cache(text_hash(f"kw\n{QUERY}")))
+    cached = await redis_store.get(keys.router_cache("keywords", text_hash(f"kw\n{QUERY}")))
     assert cached is not None and json.loads(cached) == first.details["keywords"]
     second = await router.route(QUERY, ctx_of(config))
     assert keyword_upstream.state.requests == 3  # served from the store: no new LLM call
@@ -195,7 +195,7 @@ async def test_real_keyword_model_is_called_and_cached(
     first = await router.route(QUERY, ctx_of(config))
     assert len(chat.calls) == 3 and all(e == "kw" for e, _ in chat.calls)
     assert all(c.expert != "kw" for c in first.candidates)
-    cached = await redis_store.get(keys.keywords_cache(text_hash(f"kw\n{QUERY}")))
+    cached = await redis_store.get(keys.router_cache("keywords", text_hash(f"kw\n{QUERY}")))
     assert cached is not None and json.loads(cached) == first.details["keywords"]
     second = await router.route(QUERY, ctx_of(config))
     assert len(chat.calls) == 3  # served from the store: no new LLM call

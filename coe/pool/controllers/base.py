@@ -7,7 +7,7 @@ plug-in (`coe.pool.registry`) with its own `Params` model for the pool's `params
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -60,6 +60,22 @@ class SwapController(ABC):
     Params: ClassVar[type[BaseModel]] = ControllerParams
     unloaded_state: ClassVar[ExpertState] = ExpertState.STOPPED
 
+    # -- what `coe deploy` checks against docker-compose.yml (coe/deploy/pools.py asks) ---
+    # The param naming each member's own vLLM server (`{expert: url}`), if the kind has one.
+    servers_param: ClassVar[str | None] = None
+    # Its servers must run with --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1.
+    needs_sleep_mode: ClassVar[bool] = False
+
+    @classmethod
+    def driven_urls(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(param path, URL) of the servers the kind drives for the pool as a whole, beside
+        `servers_param`'s; by default every http(s) URL anywhere in its params."""
+        return [
+            (path, value)
+            for path, value in _walk(params)
+            if isinstance(value, str) and value.startswith(("http://", "https://"))
+        ]
+
     @classmethod
     @abstractmethod
     def from_config(cls, params: Any, pool: PoolContext) -> SwapController:
@@ -92,3 +108,11 @@ class SwapController(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most controllers start nothing
         """Release what the controller started (processes); adapters and sleepers stay."""
+
+
+def _walk(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, value

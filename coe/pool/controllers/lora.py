@@ -6,6 +6,7 @@ the request's `model` is the adapter name (the expert's `model`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -27,6 +28,11 @@ class LoraParams(ControllerParams):
 class LoraController(SwapController):
     kind = "lora"
     Params = LoraParams
+
+    @classmethod
+    def driven_urls(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        base = params.get("base_url")
+        return [("base_url", base)] if isinstance(base, str) else []
 
     def __init__(
         self,

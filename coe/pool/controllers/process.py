@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import Field
@@ -24,6 +26,10 @@ class ProcessParams(ControllerParams):
 class ProcessController(SwapController):
     kind = "process"
     Params = ProcessParams
+
+    @classmethod
+    def driven_urls(cls, params: Mapping[str, Any]) -> list[tuple[str, str]]:
+        return []  # it starts its servers inside the pool service's container
 
     def __init__(
         self,

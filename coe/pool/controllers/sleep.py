@@ -44,6 +44,8 @@ def sleep_refusal(info: dict[str, Any]) -> str | None:
 
 class SleepController(SwapController):
     kind = "sleep"
+    servers_param = "servers"
+    needs_sleep_mode = True
     Params = SleepParams
     unloaded_state = ExpertState.ASLEEP
 

@@ -16,6 +16,7 @@ class StaticParams(ControllerParams):
 
 class StaticController(SwapController):
     kind = "static"
+    servers_param = "upstreams"
     Params = StaticParams
 
     def __init__(self, upstreams: dict[str, str]):
