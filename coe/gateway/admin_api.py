@@ -19,9 +19,10 @@ from coe.gateway.admin_wire import (
 )
 from coe.gateway.auth import AdminDep
 from coe.gateway.deps import RuntimeDep
+from coe.gateway.json_body import BoundedBodyRoute
 from coe.security.egress import EgressPolicy
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=BoundedBodyRoute)
 
 
 @router.get("/experts")

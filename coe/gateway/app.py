@@ -17,7 +17,6 @@ from coe.gateway.auth import client_key
 from coe.gateway.deps import RuntimeDep
 from coe.gateway.errors import install_error_handlers
 from coe.gateway.middleware import RequestContext
-from coe.gateway.openapi import install_openapi
 from coe.observability import Metrics
 from coe.observability.metrics import check_scrape, checked_metrics_token
 from coe.runtime import build_runtime
@@ -48,7 +47,6 @@ def create_app(
 
     app = FastAPI(title="coe", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    install_openapi(app)
     app.add_middleware(
         RequestContext,
         metrics=metrics,

@@ -10,44 +10,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from coe.errors import InvalidRequest
 from coe.gateway.answer_meta import coe_headers, coe_meta
 from coe.gateway.deps import RequestIdDep, RuntimeDep
-from coe.gateway.errors import read_json
+from coe.gateway.json_body import JsonBodyRoute
 from coe.gateway.streaming import fan_out_stream, streaming
 from coe.protocol import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
 
-@router.post(
-    "/v1/chat/completions",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ChatCompletionRequest.model_json_schema()}},
-        }
-    },
-)
-async def chat_completions(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> Any:
-    raw = await read_json(request, runtime.settings.max_body_bytes)
-    req = ChatCompletionRequest.model_validate(raw)
-    if len(req.messages) > runtime.settings.max_messages:
-        raise InvalidRequest(
-            f"messages has {len(req.messages)} entries; the limit is "
-            f"{runtime.settings.max_messages}",
-            param="messages",
-        )
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = getattr(req, key)
-        if value is not None and value > runtime.settings.max_tokens_limit:
-            raise InvalidRequest(
-                f"{key} is {value}; the limit is {runtime.settings.max_tokens_limit}", param=key
-            )
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    req: ChatCompletionRequest, runtime: RuntimeDep, rid: RequestIdDep
+) -> Any:
+    settings = runtime.settings
+    req.check_limits(settings.max_messages, settings.max_tokens_limit)
     if unknown := req.unknown_fields():
         log.info("request %s: passing unrecognised fields to the expert: %s", rid, unknown)
     body = req.upstream_body()

@@ -9,28 +9,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from coe.errors import InvalidRequest
 from coe.gateway.deps import RequestIdDep, RuntimeDep
-from coe.gateway.errors import read_json
+from coe.gateway.json_body import JsonBodyRoute
 from coe.pipeline import query_text
 from coe.protocol import RouteRequest
 
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
 
-@router.post(
-    "/v1/route",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": RouteRequest.model_json_schema()}},
-        }
-    },
-)
-async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dict[str, Any]:
-    req = RouteRequest.model_validate(await read_json(request, runtime.settings.max_body_bytes))
+@router.post("/v1/route")
+async def route(req: RouteRequest, runtime: RuntimeDep, rid: RequestIdDep) -> dict[str, Any]:
     if req.query is not None:
         query = req.query
     elif req.messages is not None:

@@ -790,3 +790,19 @@ async def test_malformed_body(
     error = r.json()["error"]
     got = (r.status_code, error["type"], error["param"], error["message"])
     assert got == EXPECTED[case], got
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route", "/admin/experts"])
+async def test_oversize_body_without_length(client: httpx.AsyncClient, path: str) -> None:
+    """A body sent in chunks, with no content-length to refuse it by, is cut off at the limit."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"model": "a", "pad": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = await client.post(path, content=chunks(), headers=JSON)
+    error = r.json()["error"]
+    got = (r.status_code, error["type"], error["param"], error["message"])
+    assert got == (413, "invalid_request_error", None, "Request body exceeds the 4096-byte limit")
