@@ -36,8 +36,11 @@ RULES = [
     #    who                    never imports                 unless it is in
     Rule(("coe",),              ("coe.gateway",),             ("coe.gateway", "coe.cli")),
     Rule(("coe",),              ("fastapi", "starlette"),     ("coe.gateway", "coe.testing",
-                                                                  "coe.pool.service",
-                                                                  "coe.console")),
+                                                                  "coe.pool_service",
+                                                                  "coe.console", "coe.web")),
+    Rule(("coe",),              ("coe.web",),                 ("coe.gateway", "coe.console",
+                                                                  "coe.pool_service",
+                                                                  "coe.web")),
     Rule(("coe.batch",),        ("coe.gateway",)),
     Rule(ENGINE,                FRONTS),
     Rule(("coe.routing",),      ("coe.eval",)),

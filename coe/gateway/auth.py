@@ -7,16 +7,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from coe.errors import RateLimited, Unauthorized
-from coe.gateway.deps import RuntimeDep
 from coe.security import ApiKey, token_matches
-
-
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
+from coe.web.auth import bearer
+from coe.web.deps import RuntimeDep
 
 
 async def require_admin(request: Request, runtime: RuntimeDep) -> None:

@@ -14,10 +14,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from coe.gateway.answer_meta import coe_headers, coe_meta
-from coe.gateway.deps import RequestIdDep, RuntimeDep
 from coe.gateway.json_body import JsonBodyRoute
 from coe.gateway.streaming import fan_out_stream, streaming
 from coe.protocol import ChatCompletionRequest
+from coe.web.deps import RequestIdDep, RuntimeDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(route_class=JsonBodyRoute)

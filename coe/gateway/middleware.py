@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,9 +16,9 @@ from coe.dispatch.timing import UpstreamClock, measure_upstream, stop_measuring
 from coe.errors import PayloadTooLarge, RequestTimeout, error_body
 from coe.observability import Metrics, bind_request_id
 from coe.observability.logs import reset_request_id
+from coe.web.request_ids import request_id_for
 
 log = logging.getLogger(__name__)
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 ADMITTED = ("/v1/chat/completions", "/v1/route")  # the paths that route and call experts
 
 
@@ -63,8 +61,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        incoming = headers.get("x-request-id", "")
-        rid = incoming if _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex[:20]}"
+        rid = request_id_for(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = rid
         token = bind_request_id(rid)
         status = 500

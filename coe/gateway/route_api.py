@@ -12,10 +12,10 @@ from typing import Any
 from fastapi import APIRouter
 
 from coe.errors import InvalidRequest
-from coe.gateway.deps import RequestIdDep, RuntimeDep
 from coe.gateway.json_body import JsonBodyRoute
 from coe.pipeline import query_text
 from coe.protocol import RouteRequest
+from coe.web.deps import RequestIdDep, RuntimeDep
 
 router = APIRouter(route_class=JsonBodyRoute)
 

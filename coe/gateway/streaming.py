@@ -17,9 +17,9 @@ from coe.dispatch import Answer
 from coe.dispatch.sse import DONE, encode_comment, encode_event
 from coe.errors import CoeError, UpstreamError
 from coe.gateway.answer_meta import coe_headers, coe_meta, decision_headers
-from coe.gateway.errors import client_error, log_failure
 from coe.observability import Metrics
 from coe.pipeline import Engine, Plan
+from coe.web.errors import client_error, log_failure
 
 
 def streaming(
