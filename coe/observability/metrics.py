@@ -20,7 +20,13 @@ from prometheus_client import (
 
 from coe.config import Settings
 from coe.errors import ConfigError, Unauthorized
-from coe.security.tokens import MIN_TOKEN_LENGTH, STRONG_HINT, is_weak, token_matches
+from coe.security.tokens import (
+    MIN_TOKEN_LENGTH,
+    STRONG_HINT,
+    bearer_token,
+    is_weak,
+    token_matches,
+)
 
 if TYPE_CHECKING:
     from coe.dispatch.timing import ExpertCall
@@ -242,8 +248,7 @@ def may_scrape(authorization: str | None, token: str | None) -> bool:
     """Whether an `Authorization` header lets its caller read metrics (constant time)."""
     if token is None:
         return True
-    scheme, _, value = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and token_matches(value.strip(), token)
+    return token_matches(bearer_token(authorization), token)
 
 
 def check_scrape(authorization: str | None, token: str | None) -> None:

@@ -33,6 +33,14 @@ def is_weak(token: str) -> bool:
     return token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, value = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
 def token_matches(given: str | None, expected: str | None) -> bool:
     if not given or not expected:
         return False

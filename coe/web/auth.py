@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from coe.security.tokens import bearer_token
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
-    scheme, _, value = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
+__all__ = ["bearer", "bearer_token"]
 
 
 def bearer(request: Request) -> str | None:
