@@ -7,6 +7,7 @@ an expert.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coe.errors import InvalidRequest
 from coe.routing.policy import RoutingPolicy
 
+log = logging.getLogger(__name__)
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -46,6 +48,13 @@ class ChatCompletionRequest(BaseModel):
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+    def log_unknown(self, request_id: str) -> None:
+        """Fields we do not know go to the expert as they are; the log says which."""
+        if unknown := self.unknown_fields():
+            log.info(
+                "request %s: passing unrecognised fields to the expert: %s", request_id, unknown
+            )
 
     def check_limits(self, max_messages: int, max_tokens: int) -> None:
         """Refuse more messages or a larger token budget than the gateway allows (400)."""

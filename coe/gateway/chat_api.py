@@ -7,7 +7,6 @@ Streamed answers (and the keep-alive of a slow fan-out) are `coe.gateway.streami
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,7 +18,6 @@ from coe.gateway.streaming import fan_out_stream, streaming
 from coe.protocol import ChatCompletionRequest
 from coe.web.deps import RequestIdDep, RuntimeDep
 
-log = logging.getLogger(__name__)
 router = APIRouter(route_class=JsonBodyRoute)
 
 
@@ -29,8 +27,7 @@ async def chat_completions(
 ) -> Any:
     settings = runtime.settings
     req.check_limits(settings.max_messages, settings.max_tokens_limit)
-    if unknown := req.unknown_fields():
-        log.info("request %s: passing unrecognised fields to the expert: %s", rid, unknown)
+    req.log_unknown(rid)
     body = req.upstream_body()
     engine, metrics = runtime.engine, runtime.metrics
     plan = await engine.plan(body, rid)

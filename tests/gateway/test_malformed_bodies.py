@@ -6,6 +6,7 @@ type, param and message, pinned from the hand-parsed bodies so typed bodies answ
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -806,3 +807,15 @@ async def test_oversize_body_without_length(client: httpx.AsyncClient, path: str
     error = r.json()["error"]
     got = (r.status_code, error["type"], error["param"], error["message"])
     assert got == (413, "invalid_request_error", None, "Request body exceeds the 4096-byte limit")
+
+
+async def test_unknown_fields_are_logged_and_passed_on(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {**_chat(), "logit_bias": {"1": 2}, "zeta": True}
+    with caplog.at_level(logging.INFO, logger="coe"):
+        r = await client.post("/v1/chat/completions", json=body, headers={"x-request-id": "u-1"})
+    assert r.status_code == 502  # the expert is unreachable: the body was accepted
+    assert "request u-1: passing unrecognised fields to the expert: ['logit_bias', 'zeta']" in (
+        caplog.text
+    )
