@@ -11,24 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coe.errors import ConfigError
-
-PLACEHOLDER_TOKENS = {
-    "",
-    "changeme",
-    "change-me",
-    "change_me",
-    "secret",
-    "admin",
-    "token",
-    "password",
-    "placeholder",
-    "xxx",
-    "todo",
-    "replace-me",
-    "dev",
-    "test",
-}
-MIN_TOKEN_LENGTH = 16
+from coe.security.tokens import MIN_TOKEN_LENGTH, STRONG_HINT, is_weak
 
 
 def default_cache_dir() -> Path:
@@ -154,11 +137,10 @@ class Settings(MachineSettings):
     def checked_admin_token(self) -> str | None:
         """The admin token, refusing empty or placeholder values outside dev mode."""
         token = self.admin_token.get_secret_value() if self.admin_token else ""
-        weak = token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
-        if weak and not self.dev_mode:
+        if is_weak(token) and not self.dev_mode:
             raise ConfigError(
                 "COE_ADMIN_TOKEN is empty, a placeholder or shorter than "
-                f"{MIN_TOKEN_LENGTH} characters; set a real secret (e.g. `openssl rand -hex 32`) "
+                f"{MIN_TOKEN_LENGTH} characters; {STRONG_HINT} "
                 "or run in dev mode (COE_DEV_MODE=1 / --dev)"
             )
         return token or None

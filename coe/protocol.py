@@ -7,12 +7,15 @@ an expert.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.errors import InvalidRequest
 from coe.routing.policy import RoutingPolicy
 
+log = logging.getLogger(__name__)
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 
 
@@ -45,6 +48,25 @@ class ChatCompletionRequest(BaseModel):
 
     def unknown_fields(self) -> list[str]:
         return sorted(self.model_extra or {})
+
+    def log_unknown(self, request_id: str) -> None:
+        """Fields we do not know go to the expert as they are; the log says which."""
+        if unknown := self.unknown_fields():
+            log.info(
+                "request %s: passing unrecognised fields to the expert: %s", request_id, unknown
+            )
+
+    def check_limits(self, max_messages: int, max_tokens: int) -> None:
+        """Refuse more messages or a larger token budget than the gateway allows (400)."""
+        if len(self.messages) > max_messages:
+            raise InvalidRequest(
+                f"messages has {len(self.messages)} entries; the limit is {max_messages}",
+                param="messages",
+            )
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = getattr(self, key)
+            if value is not None and value > max_tokens:
+                raise InvalidRequest(f"{key} is {value}; the limit is {max_tokens}", param=key)
 
     def upstream_body(self) -> dict[str, Any]:
         """The body handed to the engine: what the client set, unknown fields and the `coe`

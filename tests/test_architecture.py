@@ -29,6 +29,7 @@ ENGINE = (
     "coe.pool",
     "coe.local",  # the vLLM servers pools start
     "coe.protocol",  # the OpenAI wire models, with the request's routing policy
+    "coe.metadata",  # the `coe` field of chat answers and batch result lines
     "coe.observability",  # metrics and logs of the engine and the fronts
 )
 BASE = (

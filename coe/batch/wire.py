@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from coe.errors import InvalidRequest, PayloadTooLarge, error_body
+from coe.metadata import coe_metadata
 from coe.pipeline import Answer
 from coe.protocol import ChatCompletionRequest, validation_message
 from coe.routing.decision import RouteDecision
@@ -128,21 +129,7 @@ def answer_body(decision: RouteDecision, answer: Answer, worker: str) -> dict[st
     """A batch result's response body: the answer, named by its expert, with `coe` metadata
     like the chat endpoint's (and the worker that wrote it)."""
     body = dict(answer.body)
-    meta: dict[str, Any] = {
-        "router": decision.router,
-        "reason": decision.reason,
-        "category": decision.category,
-        "decision": decision.to_dict(),
-        "upstream_model": body.get("model"),
-        "worker": worker,
-        "expert": answer.expert,
-        "experts": answer.experts,
-        "failures": [vars(f) for f in answer.failures],
-    }
-    if (policy := decision.details.get("policy")) is not None:
-        meta["policy"] = policy  # the line's `coe` routing policy, as chat echoes it
-    if answer.fanout is not None:
-        meta.update(answer.fanout)
+    meta = coe_metadata(decision, answer, body.get("model"), {"worker": worker})
     body["coe"] = meta
     body["model"] = answer.expert
     return body

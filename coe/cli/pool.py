@@ -35,7 +35,7 @@ def serve(config: str | None, host: str | None, port: int | None, pools: tuple[s
     from coe.experts.schema import load_config
     from coe.observability import configure_logging
     from coe.observability.metrics import checked_metrics_token
-    from coe.pool.service import create_pool_app
+    from coe.pool_service import create_pool_app
 
     settings = settings_from(config=config, host=host)
     configure_logging(settings.log_level, json_lines=settings.log_json)

@@ -23,6 +23,8 @@ from coe.observability.metrics import checked_metrics_token
 from coe.runtime import Runtime
 from coe.security import token_matches
 from coe.security.redact import redact_url
+from coe.web.auth import bearer
+from coe.web.deps import RuntimeDep
 
 STATIC = Path(__file__).resolve().parent / "static"
 AUTH_MESSAGE = "The console needs `Authorization: Bearer <COE_ADMIN_TOKEN or COE_METRICS_TOKEN>`"
@@ -34,21 +36,6 @@ PAGE_HEADERS = {
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
-
-
-def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
-
-
-RuntimeDep = Annotated[Runtime, Depends(_runtime)]
-
-
-def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return value.strip() or None
 
 
 def configured_tokens(runtime: Runtime) -> list[str]:
@@ -63,7 +50,7 @@ def configured_tokens(runtime: Runtime) -> list[str]:
 
 async def console_access(request: Request, runtime: RuntimeDep) -> None:
     tokens = configured_tokens(runtime)
-    given = _bearer(request)
+    given = bearer(request)
     if tokens and not any(token_matches(given, t) for t in tokens):
         raise Unauthorized(AUTH_MESSAGE)
 
@@ -80,7 +67,7 @@ async def session(request: Request, runtime: RuntimeDep) -> dict[str, Any]:
     pipelines = list(runtime.engine.pipelines)
     return {
         "auth_required": bool(configured_tokens(runtime)),
-        "admin": token_matches(_bearer(request), runtime.admin_token),
+        "admin": token_matches(bearer(request), runtime.admin_token),
         "replica": runtime.replica_id,
         "store": "redis" if runtime.settings.redis_url else "embedded",
         "version": __version__,

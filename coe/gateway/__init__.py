@@ -1,4 +1,5 @@
-"""The only FastAPI code: app factory, endpoints, error handling (wire models: `coe.protocol`)."""
+"""The gateway front: app factory and one module per endpoint family (wire models: `coe.protocol`;
+what it shares with the console and the pool service: `coe.web`)."""
 
 from __future__ import annotations
 

@@ -18,10 +18,11 @@ from coe.gateway.admin_wire import (
     ReloadRequest,
 )
 from coe.gateway.auth import AdminDep
-from coe.gateway.deps import RuntimeDep
+from coe.gateway.json_body import BoundedBodyRoute
 from coe.security.egress import EgressPolicy
+from coe.web.deps import RuntimeDep
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=BoundedBodyRoute)
 
 
 @router.get("/experts")

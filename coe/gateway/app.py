@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI
 
 from coe import __version__
 from coe.config import Settings
@@ -14,14 +14,14 @@ from coe.console import install_console
 from coe.experts.schema import CoeConfig
 from coe.gateway import admin_api, batch_api, chat_api, files_api, models_api, route_api
 from coe.gateway.auth import client_key
-from coe.gateway.deps import RuntimeDep
-from coe.gateway.errors import install_error_handlers
 from coe.gateway.middleware import RequestContext
-from coe.gateway.openapi import install_openapi
 from coe.observability import Metrics
-from coe.observability.metrics import check_scrape, checked_metrics_token
+from coe.observability.metrics import checked_metrics_token
 from coe.runtime import build_runtime
 from coe.supervisor import Supervisor, start_gateway_loops
+from coe.web.deps import get_runtime
+from coe.web.errors import install_error_handlers
+from coe.web.metrics import install_metrics
 
 
 def create_app(
@@ -50,7 +50,6 @@ def create_app(
 
     app = FastAPI(title="coe", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    install_openapi(app)
     app.add_middleware(
         RequestContext,
         metrics=metrics,
@@ -73,9 +72,8 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus(request: Request, runtime: RuntimeDep) -> Response:
-        check_scrape(request.headers.get("authorization"), metrics_token)
-        return Response(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+    install_metrics(
+        app, lambda request: get_runtime(request).metrics.render(), metrics_token, in_schema=False
+    )
 
     return app

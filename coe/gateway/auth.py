@@ -7,16 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from coe.errors import RateLimited, Unauthorized
-from coe.gateway.deps import RuntimeDep
+from coe.routing import Caller
 from coe.security import ApiKey, token_matches
-
-
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
+from coe.web.auth import bearer
+from coe.web.deps import RuntimeDep
 
 
 async def require_admin(request: Request, runtime: RuntimeDep) -> None:
@@ -38,4 +32,11 @@ async def client_key(request: Request, runtime: RuntimeDep) -> ApiKey | None:
     return record
 
 
+def caller_of(request: Request) -> Caller:
+    """Who is asking, for the routers: the API key `client_key` authenticated (None when
+    keys are off)."""
+    return Caller(key_id=getattr(request.state, "api_key_id", None))
+
+
 AdminDep = Annotated[None, Depends(require_admin)]
+CallerDep = Annotated[Caller, Depends(caller_of)]

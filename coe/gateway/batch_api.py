@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict
 
 from coe.batch.jobs import Spend
 from coe.errors import InvalidRequest, PayloadTooLarge, RateLimited
-from coe.gateway.deps import RuntimeDep
-from coe.gateway.errors import read_json
 from coe.gateway.files_api import Caller, CallerDep, page, read_upload, store_upload
+from coe.gateway.json_body import read_json
 from coe.runtime import Runtime
+from coe.web.deps import RuntimeDep
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 

@@ -15,9 +15,10 @@ from fastapi.responses import StreamingResponse
 from coe.batch import decode_upload
 from coe.batch.files import check_purpose
 from coe.errors import InvalidRequest, PayloadTooLarge
-from coe.gateway.auth import bearer, client_key
-from coe.gateway.deps import RuntimeDep
+from coe.gateway.auth import client_key
 from coe.security import ApiKey, token_matches
+from coe.web.auth import bearer
+from coe.web.deps import RuntimeDep
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

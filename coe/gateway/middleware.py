@@ -8,19 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coe.dispatch.timing import UpstreamClock, measure_upstream, stop_measuring
-from coe.errors import RequestTimeout, error_body
+from coe.errors import PayloadTooLarge, RequestTimeout, error_body
 from coe.observability import Metrics, bind_request_id
 from coe.observability.logs import reset_request_id
+from coe.web.request_ids import request_id_for
 
 log = logging.getLogger(__name__)
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 ADMITTED = ("/v1/chat/completions", "/v1/route")  # the paths that route and call experts
 
 
@@ -50,18 +48,20 @@ class RequestContext:
         self.body_timeout_s = body_timeout_s
         self.max_header_bytes = max_header_bytes
 
+    @staticmethod
+    def is_upload(path: str) -> bool:
+        """Batch uploads may be larger than chat requests, and bound what they read."""
+        return path.startswith(("/v1/batches", "/v1/files"))
+
     def limit_for(self, path: str) -> int:
-        """Batch uploads may be larger than chat requests."""
-        uploads = path.startswith(("/v1/batches", "/v1/files"))
-        return self.upload_max_bytes if uploads else self.max_body_bytes
+        return self.upload_max_bytes if self.is_upload(path) else self.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        incoming = headers.get("x-request-id", "")
-        rid = incoming if _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex[:20]}"
+        rid = request_id_for(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = rid
         token = bind_request_id(rid)
         status = 500
@@ -96,7 +96,8 @@ class RequestContext:
                 )
                 return
             declared = headers.get("content-length", "")
-            limit = self.limit_for(scope.get("path", ""))
+            path = scope.get("path", "")
+            limit = self.limit_for(path)
             if declared.isdigit() and int(declared) > limit:
                 await self._reject(
                     send_wrapped,
@@ -129,7 +130,8 @@ class RequestContext:
             if admit:
                 upstream, measuring = measure_upstream()
             try:
-                await self.app(scope, self._limited(receive), send_wrapped)
+                limited = self._limited(receive, None if self.is_upload(path) else limit)
+                await self.app(scope, limited, send_wrapped)
             finally:
                 self.admitted -= admit
                 if measuring is not None:
@@ -145,13 +147,16 @@ class RequestContext:
                 self.metrics.observe_overhead(path, elapsed - upstream.seconds)
             reset_request_id(token)
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Bound the time a client may take to send its body (slow-client protection)."""
+    def _limited(self, receive: Receive, max_bytes: int | None) -> Receive:
+        """Bound the time a client may take to send its body (slow-client protection) and,
+        unless an upload (which bounds what it reads), the bytes of a body sent without a
+        content-length."""
         deadline = time.monotonic() + self.body_timeout_s
         body_done = False
+        received = 0
 
         async def wrapped() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:
                 return await receive()
             remaining = deadline - time.monotonic()
@@ -161,8 +166,11 @@ class RequestContext:
                 raise RequestTimeout(
                     f"Request body not received within {self.body_timeout_s:.0f} s"
                 ) from None
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                body_done = True
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if max_bytes is not None and received > max_bytes:
+                    raise PayloadTooLarge(f"Request body exceeds the {max_bytes}-byte limit")
+                body_done = not message.get("more_body", False)
             return message
 
         return wrapped

@@ -6,9 +6,9 @@ import time
 
 from fastapi import APIRouter
 
-from coe.gateway.deps import RuntimeDep
 from coe.pipeline import AUTO, MODEL_PREFIX
 from coe.protocol import ModelCard, ModelList
+from coe.web.deps import RuntimeDep
 
 router = APIRouter()
 

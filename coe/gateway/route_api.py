@@ -9,29 +9,22 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from coe.errors import InvalidRequest
-from coe.gateway.deps import RequestIdDep, RuntimeDep
-from coe.gateway.errors import read_json
+from coe.gateway.auth import CallerDep
+from coe.gateway.json_body import JsonBodyRoute
 from coe.pipeline import query_text
 from coe.protocol import RouteRequest
-from coe.routing import Caller
+from coe.web.deps import RequestIdDep, RuntimeDep
 
-router = APIRouter()
+router = APIRouter(route_class=JsonBodyRoute)
 
 
-@router.post(
-    "/v1/route",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": RouteRequest.model_json_schema()}},
-        }
-    },
-)
-async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dict[str, Any]:
-    req = RouteRequest.model_validate(await read_json(request, runtime.settings.max_body_bytes))
+@router.post("/v1/route")
+async def route(
+    req: RouteRequest, runtime: RuntimeDep, rid: RequestIdDep, caller: CallerDep
+) -> dict[str, Any]:
     if req.query is not None:
         query = req.query
     elif req.messages is not None:
@@ -41,7 +34,6 @@ async def route(request: Request, runtime: RuntimeDep, rid: RequestIdDep) -> dic
     engine = runtime.engine
     target = engine.target(req.model, req.coe)
     started = time.perf_counter()
-    caller = Caller(key_id=getattr(request.state, "api_key_id", None))
     decision = await engine.decide(target, query, rid, req.coe, caller=caller)
     runtime.metrics.observe_decision(
         target.pipeline, decision.router, time.perf_counter() - started

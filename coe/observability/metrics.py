@@ -18,9 +18,15 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
-from coe.config import MIN_TOKEN_LENGTH, PLACEHOLDER_TOKENS, Settings
+from coe.config import Settings
 from coe.errors import ConfigError, Unauthorized
-from coe.security.tokens import token_matches
+from coe.security.tokens import (
+    MIN_TOKEN_LENGTH,
+    STRONG_HINT,
+    bearer_token,
+    is_weak,
+    token_matches,
+)
 
 if TYPE_CHECKING:
     from coe.dispatch.timing import ExpertCall
@@ -229,11 +235,10 @@ def checked_metrics_token(settings: Settings) -> str | None:
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else ""
     if not token:
         return None
-    weak = token.strip().lower() in PLACEHOLDER_TOKENS or len(token) < MIN_TOKEN_LENGTH
-    if weak and not settings.dev_mode:
+    if is_weak(token) and not settings.dev_mode:
         raise ConfigError(
             "COE_METRICS_TOKEN is a placeholder or shorter than "
-            f"{MIN_TOKEN_LENGTH} characters; set a real secret (e.g. `openssl rand -hex 32`) "
+            f"{MIN_TOKEN_LENGTH} characters; {STRONG_HINT} "
             "or leave it unset to keep /metrics open"
         )
     return token
@@ -243,8 +248,7 @@ def may_scrape(authorization: str | None, token: str | None) -> bool:
     """Whether an `Authorization` header lets its caller read metrics (constant time)."""
     if token is None:
         return True
-    scheme, _, value = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and token_matches(value.strip(), token)
+    return token_matches(bearer_token(authorization), token)
 
 
 def check_scrape(authorization: str | None, token: str | None) -> None:

@@ -2,7 +2,7 @@
 
 What a swap controller plug-in is written against is exported here: `SwapController`,
 `ControllerParams`, `PoolContext`, `ExpertState`. The pool service that runs a device's
-pools (`coe pool serve`) is `coe.pool.service`, imported on its own (it is a web app).
+pools (`coe pool serve`) is the front `coe.pool_service` (a web app, not part of this package).
 See docs/pools.md.
 """
 

@@ -17,7 +17,7 @@ import pytest
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
-from coe.gateway.chat_api import decision_headers
+from coe.gateway.answer_meta import decision_headers
 from coe.routing import Candidate, RouteDecision
 from coe.testing import FakeUpstream, Fault
 from tests.support.asgi import GATEWAY_URL, InProcessUpstream, gateway_client, route_to

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from coe.config import Settings
 from coe.experts.schema import parse_config
-from coe.pool.service import create_pool_app
+from coe.pool_service import create_pool_app
 from tests.pool.fake_lora import LoraServer
 from tests.support.asgi import InProcessUpstream, asgi_client, route_to, running_gateway
 

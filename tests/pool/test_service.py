@@ -20,7 +20,7 @@ import yaml
 
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig, parse_config
-from coe.pool.service import create_pool_app
+from coe.pool_service import create_pool_app
 from coe.testing import FakeUpstream, Fault
 from tests.pool.fake_lora import LoraServer
 from tests.support.asgi import HostRouter, InProcessUpstream, asgi_client

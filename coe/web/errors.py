@@ -6,7 +6,6 @@ the details (URLs, upstream bodies) go to the log at WARNING under that request 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,8 +19,6 @@ from starlette.requests import ClientDisconnect
 
 from coe.errors import (
     CoeError,
-    InvalidRequest,
-    PayloadTooLarge,
     RateLimited,
     Unauthorized,
     UpstreamError,
@@ -43,29 +40,6 @@ def openai_error(
 ) -> JSONResponse:
     body = error_body(message, type_, param=param, code=code)
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object, with size and syntax errors made specific."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(
-            f"Request body of {declared} bytes exceeds the {max_bytes}-byte limit"
-        )
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"Request body exceeds the {max_bytes}-byte limit")
-    if not body:
-        raise InvalidRequest("Request body is empty; send a JSON object")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidRequest(f"Request body is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"Request body must be a JSON object, not {type(data).__name__}")
-    return data
 
 
 def client_error(err: CoeError, request_id: str | None = None) -> dict[str, Any]:

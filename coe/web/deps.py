@@ -1,13 +1,14 @@
-"""FastAPI dependencies: handlers get the runtime through these, never through globals."""
+"""FastAPI dependencies: handlers get the runtime and their request id through these, never
+through globals."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from coe.runtime import Runtime
+from coe.web.request_ids import new_request_id
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -19,7 +20,7 @@ def request_id(request: Request) -> str:
     """The id the request-context middleware gave this request (or a fresh one)."""
     rid = getattr(request.state, "request_id", None)
     if not rid:
-        rid = f"req-{uuid.uuid4().hex[:20]}"
+        rid = new_request_id()
         request.state.request_id = rid
     return str(rid)
 
