@@ -81,6 +81,7 @@ def test_deltas_are_points_against_minilm() -> None:
     }
 
 
+@pytest.mark.process
 def test_gateway_serves_the_named_encoder(static_encoder: str, data_dir: Path) -> None:
     q = load_queries(data_dir, 10)
     results: dict[str, dict[str, Any]] = {STATIC: {}}

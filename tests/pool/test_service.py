@@ -327,6 +327,7 @@ async def test_a_client_that_hangs_up_leaves_the_queue_and_frees_its_expert(
 # -- `coe pool serve` ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_coe_pool_serve_fronts_its_upstreams_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     with FakeUpstream("up-a") as a, FakeUpstream("up-b") as b:
@@ -384,6 +385,7 @@ def test_coe_pool_serve_fronts_its_upstreams_and_stops_on_sigterm(tmp_path: Path
     assert "Traceback" not in err
 
 
+@pytest.mark.process
 def test_coe_pool_serve_refuses_an_unknown_pool(tmp_path: Path) -> None:
     config = pool_config(static_pool(a="http://a.test"), {"a": "model-a"})
     path = tmp_path / "experts.yaml"
