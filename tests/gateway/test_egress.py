@@ -1,17 +1,16 @@
 """The egress policy: expert endpoints at cloud metadata or link-local addresses are refused,
-over the admin API (real HTTP) and when experts.yaml is loaded (a real `coe serve`), unless
+over the admin API (real HTTP) and when experts.yaml is loaded (`coe serve`, in-process), unless
 an operator allows them; the deny list wins; loopback stays allowed."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 
 from coe.config import Settings
@@ -20,6 +19,7 @@ from coe.experts.schema import CoeConfig, load_config
 from coe.gateway import create_app
 from coe.security.egress import EgressPolicy
 from coe.testing import FakeUpstream
+from tests.support.cli import coe_in_process
 from tests.support.net import free_port
 from tests.support.server import ServedApp
 
@@ -147,7 +147,13 @@ def test_a_bad_egress_setting_is_a_config_error_naming_it() -> None:
         EgressPolicy.from_settings(settings)
 
 
-def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(tmp_path: Path) -> None:
+async def _started_serving(server: uvicorn.Server) -> None:
+    raise AssertionError("the gateway started serving")
+
+
+def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "experts.yaml"
     cfg.write_text(yaml.safe_dump(config_dict("http://127.0.0.1:1", "http://169.254.169.254/")))
     with pytest.raises(ConfigError) as err:
@@ -156,14 +162,9 @@ def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(tmp_path: Path
     assert "COE_EGRESS_ALLOW" in err.value.message
     allowed = EgressPolicy.from_settings(Settings(egress_allow="169.254.169.254"))
     assert len(load_config(cfg, allowed).experts) == 2
-    # a real gateway refuses to start on it, and says why
-    port = free_port()
-    done = subprocess.run(
-        [sys.executable, "-m", "coe.cli", "serve", "-c", str(cfg), "--port", str(port), "--dev"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # `coe serve` (in-process, its uvicorn included) refuses to start on it, and says why;
+    # a gateway that got as far as serving fails the test instead of hanging it
+    monkeypatch.setattr(uvicorn.Server, "main_loop", _started_serving)
+    done = coe_in_process("serve", "-c", str(cfg), "--port", str(free_port()), "--dev", cwd=REPO)
     assert done.returncode != 0
     assert "169.254.169.254" in done.stderr and "COE_EGRESS_ALLOW" in done.stderr
