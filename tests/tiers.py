@@ -29,7 +29,6 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
 # Files (under tests/) whose every test needs the marks.
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "console/test_browser.py": ("browser", "process"),
-    "batch/test_batch_jobs.py": ("process",),  # `coe serve` and `coe worker` processes
     "batch/test_redis_wipe.py": ("process",),
     "gateway/test_metrics_auth.py": ("process",),
     "gateway/test_overload.py": ("process",),
