@@ -38,7 +38,6 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "pool/test_process_real.py": ("process",),
     "pool/test_lora_real.py": ("process",),
     "store/test_redis_outages.py": ("process",),
-    "routing/test_thirdparty.py": ("process",),  # pip installs the package
 }
 
 # In files that mix in-process and process tests: the fixtures there that start processes.
@@ -47,6 +46,7 @@ FILE_FIXTURE_MARKS: dict[str, dict[str, tuple[str, ...]]] = {
     "gateway/test_replicas.py": {"two_gateways": ("process",)},
     "gateway/test_secrets.py": {"gateway": ("process",)},
     "observability/test_dashboards.py": {"deployment": ("process",)},
+    "routing/test_thirdparty.py": {"site": ("process",)},  # pip installs the package
 }
 
 # What the standard library runs once to answer a question about the machine, for libraries
