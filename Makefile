@@ -1,10 +1,11 @@
 # make run: set up and start coe with a local CPU expert.  make test: set up and run the tests.
+# make test-fast: the in-process tier (no vLLM, Ray, browser or process of its own), the inner loop.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup run test lint bench eval clean
+.PHONY: setup run test test-fast lint bench eval clean
 
 setup: $(STAMP)
 
@@ -36,6 +37,11 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# tests/tiers.py marks what each test needs and fails a test here that starts a process.
+FAST := not vllm and not ray and not browser and not process
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 lint: setup
 	$(BIN)/ruff check coe routers tests bench tools

@@ -14,11 +14,29 @@ from coe.routing.encoders import EncoderCache
 from coe.store.redis_store import RedisStore
 from tests.support.net import free_port
 from tests.support.redis import isolated_redis_store
+from tests.tiers import SpawnGuard, fast_tier, mark_items
 
 pytest_plugins = ["tests.support.redis_server"]  # `redis_server`: a Redis of the test's own
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks from what each test uses (tests/tiers.py), before `-m` selects."""
+    mark_items(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a run that leaves out `process` tests (`make test-fast`), starting a process fails
+    the test that did it."""
+    if fast_tier(session.config):
+        guard = SpawnGuard()
+        guard.install()
+        session.config.pluginmanager.register(guard, "coe-spawn-guard")
+        session.config.add_cleanup(guard.uninstall)
+
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 REDIS_URL = os.environ.get("COE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

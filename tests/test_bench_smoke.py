@@ -1,11 +1,13 @@
 """bench/routing_bench.py on the test data slices with the static encoder (no torch): every
 column gets a number, each measured decision really encodes, cache hits are hits, and the
 gateway half serves the encoder it names. bench/ray_batch_bench.py at 60 lines: both batch
-engines answer every line with the same experts."""
+engines answer every line with the same experts. bench/gpu_ray_check.py and
+bench/gpu_pool_check.py on a machine without a GPU: exit 2, naming what is missing."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -81,6 +83,7 @@ def test_deltas_are_points_against_minilm() -> None:
     }
 
 
+@pytest.mark.process
 def test_gateway_serves_the_named_encoder(static_encoder: str, data_dir: Path) -> None:
     q = load_queries(data_dir, 10)
     results: dict[str, dict[str, Any]] = {STATIC: {}}
@@ -130,3 +133,43 @@ def test_ray_batch_bench_runs_both_engines(tmp_path: Path) -> None:
     assert report["table"] in done.stdout
     rows = [line.split()[:2] for line in done.stdout.splitlines()]
     assert ["redis", "1"] in rows and ["redis", "2"] in rows and ["ray", "2x2"] in rows
+
+
+# -- the GPU checks on a machine without a GPU: they stop with exit 2, naming what is missing
+
+
+def test_gpu_ray_check_stops_naming_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import gpu_ray_check
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets both; the test puts them back
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    absent = [m for m in gpu_ray_check.NEEDED if importlib.util.find_spec(m.split(".")[0]) is None]
+    assert gpu_ray_check.main(["--out", str(tmp_path), "--model", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert "gpu_ray_check: missing prerequisites (see the header)" in out.out
+    if absent:
+        assert f"not importable: {', '.join(absent)}" in out.err
+    else:
+        assert "no CUDA device visible" in out.err
+    assert not (tmp_path / "in.jsonl").exists()  # stopped before writing anything
+
+
+@pytest.mark.process
+def test_gpu_pool_check_stops_naming_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import gpu_pool_check
+
+    env = {"PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    assert gpu_pool_check.main(env) == 2
+    out = capsys.readouterr().out
+    assert "== [  0s] 1/6 python, vLLM and coe's dependencies" in out
+    if importlib.util.find_spec("vllm") is None:
+        assert "CANNOT RUN: vLLM is not importable by" in out
+    else:
+        assert "CANNOT RUN: torch sees no CUDA GPU (CPU_SMOKE=1 runs the CPU variant)" in out
+    assert "2/6 model" not in out
+    assert gpu_pool_check.main({**env, "EXPERTS": "5"}) == 2
+    assert "EXPERTS must be 2 or 3, not 5" in capsys.readouterr().err

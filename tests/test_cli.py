@@ -1,4 +1,5 @@
-"""The `coe` command as a user runs it: config checks, routing, a local batch run."""
+"""The `coe` command as a user runs it: config checks, routing, a local batch run (in-process,
+through the console script's own entry; `coe serve`'s refusal to start runs as a process)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
 from coe.cli import main
 from coe.testing import FakeUpstream
+from tests.support.cli import Ran, coe_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def coe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "coe.cli", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+def coe(*args: str, cwd: Path = REPO) -> Ran:
+    return coe_in_process(*args, cwd=cwd)
 
 
 def test_every_command_family_is_on_the_root_group() -> None:
@@ -109,6 +106,7 @@ def _write(path: Path, config: dict[str, object]) -> Path:
     return path
 
 
+@pytest.mark.process
 def test_serve_refuses_placeholder_token() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "coe.cli", "serve", "--port", "1"],

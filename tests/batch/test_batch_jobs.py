@@ -1,4 +1,5 @@
-"""Batch jobs on real Redis: submit, run, results; shared and killed workers; cancel; limits."""
+"""Batch jobs on real Redis: submit, run, results; shared and killed workers (`coe worker`
+processes); cancel; limits (the gateway alone, in-process)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.store import keys
 from coe.testing import FakeUpstream, Fault
+from tests.support.asgi import gateway_client
 from tests.support.net import delete_prefix, free_port
 from tests.support.server import ServedApp
 
@@ -198,6 +200,7 @@ def asked(upstreams: list[FakeUpstream], lines: list[dict[str, Any]]) -> Counter
     return counts
 
 
+@pytest.mark.process
 def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     metrics_port = free_port()
     deploy.start_worker("w1", "--metrics-port", str(metrics_port))
@@ -239,6 +242,7 @@ def test_bad_lines_become_error_results(deploy: Deployment) -> None:
     assert 'coe_expert_latency_seconds_count{expert="e1",outcome="ok"}' in metrics
 
 
+@pytest.mark.process
 def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     for u in upstreams:
         u.fault = Fault(delay_s=0.05)
@@ -268,6 +272,7 @@ def test_two_workers_share_a_job(deploy: Deployment, upstreams: list[FakeUpstrea
         client.close()
 
 
+@pytest.mark.process
 def test_sigkill_mid_job_loses_nothing(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     for u in upstreams:
         u.fault = Fault(delay_s=0.15)
@@ -293,6 +298,7 @@ def test_sigkill_mid_job_loses_nothing(deploy: Deployment, upstreams: list[FakeU
     assert job["request_counts"] == {"total": 80, "completed": 80, "failed": 0}
 
 
+@pytest.mark.process
 def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     for u in upstreams:
         u.fault = Fault(delay_s=0.3)
@@ -319,18 +325,33 @@ def test_cancel(deploy: Deployment, upstreams: list[FakeUpstream]) -> None:
     assert answered <= set(calls) and max(calls.values()) == 1, calls.most_common(3)
 
 
-def test_limits_and_unknown_jobs(deploy: Deployment) -> None:
-    too_many = jsonl([request(i) for i in range(501)])
-    r = deploy.http.post("/v1/batches", files={"file": ("big.jsonl", too_many)})
-    assert r.status_code == 413 and "limit is 500" in r.json()["error"]["message"]
-    r = deploy.http.post(
-        "/v1/batches", content=b"\n\n", headers={"content-type": "application/jsonl"}
+async def test_limits_and_unknown_jobs() -> None:
+    """The gateway alone, in-process, as the deployment's (no worker is needed to refuse)."""
+    prefix = f"coe-test-batch:{uuid.uuid4().hex[:10]}:"
+    settings = Settings(
+        redis_url=REDIS_URL,
+        store_prefix=prefix,
+        batch_worker=False,
+        dev_mode=True,
+        batch_max_lines=500,
     )
-    assert r.status_code == 400 and "no requests" in r.json()["error"]["message"]
-    assert deploy.http.get("/v1/batches/batch_nope").status_code == 404
-    assert deploy.http.get("/v1/batches/batch_nope/results").status_code == 404
+    config = CoeConfig.model_validate(fake_config(["http://u0.test", "http://u1.test"]))
+    try:
+        async with gateway_client(settings, config, timeout=30) as http:
+            too_many = jsonl([request(i) for i in range(501)])
+            r = await http.post("/v1/batches", files={"file": ("big.jsonl", too_many)})
+            assert r.status_code == 413 and "limit is 500" in r.json()["error"]["message"]
+            r = await http.post(
+                "/v1/batches", content=b"\n\n", headers={"content-type": "application/jsonl"}
+            )
+            assert r.status_code == 400 and "no requests" in r.json()["error"]["message"]
+            assert (await http.get("/v1/batches/batch_nope")).status_code == 404
+            assert (await http.get("/v1/batches/batch_nope/results")).status_code == 404
+    finally:
+        delete_prefix(REDIS_URL, prefix)
 
 
+@pytest.mark.process
 def test_k2_lines_run_per_expert_then_aggregate_last(
     tmp_path: Path, upstreams: list[FakeUpstream]
 ) -> None:

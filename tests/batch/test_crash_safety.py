@@ -233,6 +233,7 @@ def assert_at_most_twice(counts: Counter[str], n: int, twice_at_most: int) -> No
 
 
 # -- a worker dies at each fault point; a restarted one finishes the job -------------------
+@pytest.mark.process
 @pytest.mark.redis
 @pytest.mark.parametrize(
     ("fault", "k"),
@@ -265,6 +266,7 @@ def test_a_worker_killed_at_each_point_loses_nothing(
 
 
 # -- a unit that always fails --------------------------------------------------------------
+@pytest.mark.process
 @pytest.mark.redis
 def test_a_poison_unit_fails_its_lines_and_the_job_goes_on(
     tmp_path: Path, upstreams: list[FakeUpstream]
@@ -438,6 +440,7 @@ async def test_the_in_process_worker_is_restarted_when_it_dies() -> None:
 
 
 # -- the sweeper ------------------------------------------------------------------------------
+@pytest.mark.process
 @pytest.mark.redis
 def test_the_sweeper_queues_work_whose_stream_entries_were_lost(
     tmp_path: Path, upstreams: list[FakeUpstream]
@@ -454,6 +457,7 @@ def test_the_sweeper_queues_work_whose_stream_entries_were_lost(
         d.close()
 
 
+@pytest.mark.process
 @pytest.mark.redis
 def test_the_sweeper_queues_a_phase_whose_queueing_was_lost(
     tmp_path: Path, upstreams: list[FakeUpstream]
@@ -475,6 +479,7 @@ def test_the_sweeper_queues_a_phase_whose_queueing_was_lost(
 
 
 # -- long units --------------------------------------------------------------------------------
+@pytest.mark.process
 @pytest.mark.redis
 def test_a_live_workers_long_unit_is_not_taken_over(
     tmp_path: Path, upstreams: list[FakeUpstream]
@@ -493,6 +498,7 @@ def test_a_live_workers_long_unit_is_not_taken_over(
 
 
 # -- scale -------------------------------------------------------------------------------------
+@pytest.mark.process
 @pytest.mark.redis
 def test_ten_thousand_lines_over_four_workers(
     tmp_path: Path, upstreams: list[FakeUpstream]

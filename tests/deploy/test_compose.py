@@ -72,6 +72,7 @@ def test_compose_file_has_the_services_profiles_and_policies(compose: dict[str, 
     assert not set(gpu) & set(services["gateway"]["depends_on"])
 
 
+@pytest.mark.process
 def test_real_compose_validates_every_profile() -> None:
     for profiles in ([], ["--profile", "cpu"], ["--profile", "gpu"], ["--profile", "lb"]):
         done = run_compose([*profiles, "config", "--quiet"])
@@ -93,12 +94,14 @@ def test_real_compose_validates_every_profile() -> None:
     assert pool["depends_on"]["vllm-coder"]["condition"] == "service_healthy"
 
 
+@pytest.mark.process
 def test_real_compose_refuses_a_missing_admin_token() -> None:
     done = run_compose(["config", "--quiet"], token=None)
     assert done.returncode != 0
     assert "COE_ADMIN_TOKEN" in done.stderr
 
 
+@pytest.mark.process
 def test_real_compose_rejects_an_invalid_file(tmp_path: Path) -> None:
     """The validator is real: an unknown key and a bad dependency are refused."""
     bad = tmp_path / "docker-compose.yml"
@@ -154,6 +157,7 @@ def test_dockerfiles_parse_and_have_their_entry_commands() -> None:
     assert "vllm/vllm-openai:" in gpu_text and "VLLM_SERVER_DEV_MODE=1" in gpu_text
 
 
+@pytest.mark.process
 def test_dockerfiles_pass_hadolint() -> None:
     hadolint = shutil.which("hadolint") or shutil.which(
         "hadolint", path=str(Path(sys.executable).parent)
@@ -172,6 +176,7 @@ def test_dockerfiles_pass_hadolint() -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.process
 def test_load_balancer_config_is_valid() -> None:
     haproxy = shutil.which("haproxy")
     if haproxy is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from coe.cli.deploy import deploy_group
@@ -28,6 +29,7 @@ def test_shipped_defaults_publish_on_loopback_with_keys_required(compose: dict[s
     assert check_exposure(compose) == []
 
 
+@pytest.mark.process
 def test_real_compose_resolves_the_defaults_and_wires_the_metrics_token() -> None:
     done = run_compose(["--profile", "lb", "config", "--format", "json"])
     assert done.returncode == 0, done.stderr

@@ -111,6 +111,7 @@ def test_grafana_is_provisioned_with_the_data_source_and_dashboards(
     assert Path(home).parent.as_posix() == provider["options"]["path"]
 
 
+@pytest.mark.process
 def test_real_compose_validates_the_observability_profile() -> None:
     done = run_compose(
         ["--profile", "cpu", "--profile", "observability", "config", "--format", "json"]
@@ -126,6 +127,7 @@ def test_real_compose_validates_the_observability_profile() -> None:
     assert not set(OBSERVABILITY) & set(json.loads(plain.stdout)["services"])
 
 
+@pytest.mark.process
 def test_prometheus_config_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -262,6 +262,7 @@ def test_services_accept_list_forms() -> None:
 # --- generation --------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("flavour", "config_path"), [("cpu", CPU_CONFIG), ("gpu", GPU_CONFIG)])
 def test_generated_services_agree_and_validate(
     flavour: str, config_path: Path, compose: dict[str, Any], tmp_path: Path

@@ -1,27 +1,28 @@
 """The egress policy: expert endpoints at cloud metadata or link-local addresses are refused,
-over the admin API (real HTTP) and when experts.yaml is loaded (a real `coe serve`), unless
-an operator allows them; the deny list wins; loopback stays allowed."""
+over the admin API (the gateway in-process, the experts on loopback) and when experts.yaml is
+loaded (`coe serve`, in-process), unless an operator allows them; the deny list wins;
+loopback stays allowed."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 
 from coe.config import Settings
 from coe.errors import ConfigError
 from coe.experts.schema import CoeConfig, load_config
-from coe.gateway import create_app
 from coe.security.egress import EgressPolicy
 from coe.testing import FakeUpstream
+from tests.support.asgi import gateway_client
+from tests.support.cli import coe_in_process
 from tests.support.net import free_port
-from tests.support.server import ServedApp
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "egress-admin-token-0123456789"
@@ -44,33 +45,29 @@ def upstream() -> Iterator[FakeUpstream]:
         yield up
 
 
-Admin = Callable[..., httpx.Client]
+Admin = Callable[..., Awaitable[httpx.AsyncClient]]
 
 
 @pytest.fixture
-def admin(upstream: FakeUpstream) -> Iterator[Admin]:
-    """A gateway over real HTTP with the egress settings given, and its admin client."""
-    servers: list[ServedApp] = []
-    clients: list[httpx.Client] = []
+async def admin(upstream: FakeUpstream) -> AsyncIterator[Admin]:
+    """A gateway in-process with the egress settings given, and its admin client (the
+    experts it calls and probes are reached over loopback)."""
+    async with AsyncExitStack() as stack:
 
-    def start(*extra: str, **env: str) -> httpx.Client:
-        settings = Settings(admin_token=TOKEN, **env)  # type: ignore[arg-type]
-        config = CoeConfig.model_validate(config_dict(upstream.base_url, *extra))
-        server = ServedApp(create_app(settings, config)).start()
-        servers.append(server)
-        headers = {"authorization": f"Bearer {TOKEN}"}
-        clients.append(httpx.Client(base_url=server.base_url, headers=headers, timeout=30))
-        return clients[-1]
+        async def start(*extra: str, **env: str) -> httpx.AsyncClient:
+            settings = Settings(admin_token=TOKEN, **env)  # type: ignore[arg-type]
+            config = CoeConfig.model_validate(config_dict(upstream.base_url, *extra))
+            headers = {"authorization": f"Bearer {TOKEN}"}
+            return await stack.enter_async_context(
+                gateway_client(settings, config, headers=headers, timeout=30)
+            )
 
-    yield start
-    for c in clients:
-        c.close()
-    for s in servers:
-        s.stop()
+        yield start
 
 
-def new_expert(client: httpx.Client, name: str, url: str) -> httpx.Response:
-    return client.post("/admin/experts", json={"name": name, "model": "up", "endpoints": [url]})
+async def new_expert(client: httpx.AsyncClient, name: str, url: str) -> httpx.Response:
+    body = {"name": name, "model": "up", "endpoints": [url]}
+    return await client.post("/admin/experts", json=body)
 
 
 @pytest.mark.parametrize(
@@ -85,60 +82,61 @@ def new_expert(client: httpx.Client, name: str, url: str) -> httpx.Response:
         ("http://2852039166/", "cloud metadata address", "169.254.169.254"),  # 169.254.169.254
     ],
 )
-def test_metadata_and_link_local_endpoints_are_refused_naming_the_setting(
+async def test_metadata_and_link_local_endpoints_are_refused_naming_the_setting(
     admin: Admin, url: str, kind: str, allow: str
 ) -> None:
-    client = admin()
-    r = new_expert(client, "sneaky", url)
+    client = await admin()
+    r = await new_expert(client, "sneaky", url)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["code"] == "egress_refused" and error["param"] == "endpoints"
     assert kind in error["message"] and f"add {allow} to COE_EGRESS_ALLOW" in error["message"]
-    assert client.get("/admin/experts/sneaky").status_code == 404  # nothing was registered
+    assert (await client.get("/admin/experts/sneaky")).status_code == 404  # none registered
     # the same endpoint slipped in by an update is refused too
-    patched = client.patch("/admin/experts/e0", json={"endpoints": [url]})
+    patched = await client.patch("/admin/experts/e0", json={"endpoints": [url]})
     assert patched.status_code == 400 and "COE_EGRESS_ALLOW" in patched.text
 
 
-def test_loopback_is_allowed_and_credentials_in_a_refusal_are_masked(
+async def test_loopback_is_allowed_and_credentials_in_a_refusal_are_masked(
     admin: Admin, upstream: FakeUpstream
 ) -> None:
-    client = admin()
-    assert new_expert(client, "local", upstream.base_url).status_code == 201
+    client = await admin()
+    assert (await new_expert(client, "local", upstream.base_url)).status_code == 201
     localhost = f"http://localhost:{upstream.port}"
-    assert new_expert(client, "named", localhost).status_code == 201
-    r = new_expert(client, "bad", "http://u:S3CRETPW@169.254.169.254/")
+    assert (await new_expert(client, "named", localhost)).status_code == 201
+    r = await new_expert(client, "bad", "http://u:S3CRETPW@169.254.169.254/")
     assert r.status_code == 400 and "S3CRETPW" not in r.text and "u:***@" in r.text
 
 
-def test_the_allow_list_opens_a_refused_range_and_the_deny_list_wins(
+async def test_the_allow_list_opens_a_refused_range_and_the_deny_list_wins(
     admin: Admin, upstream: FakeUpstream
 ) -> None:
-    opened = admin(egress_allow="169.254.0.0/16, metadata.google.internal")
-    assert new_expert(opened, "meta", "http://169.254.169.254/").status_code == 201
-    assert new_expert(opened, "gce", "http://metadata.google.internal/").status_code == 201
-    assert new_expert(opened, "other", "http://[fd00:ec2::254]/").status_code == 400
+    opened = await admin(egress_allow="169.254.0.0/16, metadata.google.internal")
+    assert (await new_expert(opened, "meta", "http://169.254.169.254/")).status_code == 201
+    assert (await new_expert(opened, "gce", "http://metadata.google.internal/")).status_code == 201
+    assert (await new_expert(opened, "other", "http://[fd00:ec2::254]/")).status_code == 400
 
-    both = admin(egress_allow="169.254.0.0/16", egress_deny="169.254.169.254/32")
-    r = new_expert(both, "meta", "http://169.254.169.254/")
+    both = await admin(egress_allow="169.254.0.0/16", egress_deny="169.254.169.254/32")
+    r = await new_expert(both, "meta", "http://169.254.169.254/")
     assert r.status_code == 400 and "COE_EGRESS_DENY" in r.json()["error"]["message"]
-    assert new_expert(both, "ll", "http://169.254.1.1/").status_code == 201
+    assert (await new_expert(both, "ll", "http://169.254.1.1/")).status_code == 201
 
     # a deny list closes what is allowed by default; a name is checked by what it resolves to
-    closed = admin(egress_deny="127.0.0.0/8")
-    named = new_expert(closed, "named", f"http://localhost:{upstream.port}")
+    closed = await admin(egress_deny="127.0.0.0/8")
+    named = await new_expert(closed, "named", f"http://localhost:{upstream.port}")
     assert named.status_code == 400 and "'127.0.0.0/8' in COE_EGRESS_DENY" in named.text
-    by_name = admin(egress_deny="localhost")
-    assert new_expert(by_name, "named", f"http://localhost:{upstream.port}").status_code == 400
-    assert new_expert(by_name, "ip", upstream.base_url).status_code == 201
+    by_name = await admin(egress_deny="localhost")
+    localhost = f"http://localhost:{upstream.port}"
+    assert (await new_expert(by_name, "named", localhost)).status_code == 400
+    assert (await new_expert(by_name, "ip", upstream.base_url)).status_code == 201
 
 
-def test_a_health_probe_of_a_refused_endpoint_is_not_sent(admin: Admin) -> None:
+async def test_a_health_probe_of_a_refused_endpoint_is_not_sent(admin: Admin) -> None:
     # registered before the policy was in force (a stored registry): the probe is refused
-    client = admin("http://169.254.169.254/")
-    r = client.get("/admin/experts/e1/health")
+    client = await admin("http://169.254.169.254/")
+    r = await client.get("/admin/experts/e1/health")
     assert r.status_code == 400 and "COE_EGRESS_ALLOW" in r.text
-    assert client.get("/admin/experts/e0/health").status_code == 200
+    assert (await client.get("/admin/experts/e0/health")).status_code == 200
 
 
 def test_a_bad_egress_setting_is_a_config_error_naming_it() -> None:
@@ -147,7 +145,13 @@ def test_a_bad_egress_setting_is_a_config_error_naming_it() -> None:
         EgressPolicy.from_settings(settings)
 
 
-def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(tmp_path: Path) -> None:
+async def _started_serving(server: uvicorn.Server) -> None:
+    raise AssertionError("the gateway started serving")
+
+
+def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tmp_path / "experts.yaml"
     cfg.write_text(yaml.safe_dump(config_dict("http://127.0.0.1:1", "http://169.254.169.254/")))
     with pytest.raises(ConfigError) as err:
@@ -156,14 +160,9 @@ def test_experts_yaml_with_a_metadata_endpoint_is_refused_at_load(tmp_path: Path
     assert "COE_EGRESS_ALLOW" in err.value.message
     allowed = EgressPolicy.from_settings(Settings(egress_allow="169.254.169.254"))
     assert len(load_config(cfg, allowed).experts) == 2
-    # a real gateway refuses to start on it, and says why
-    port = free_port()
-    done = subprocess.run(
-        [sys.executable, "-m", "coe.cli", "serve", "-c", str(cfg), "--port", str(port), "--dev"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # `coe serve` (in-process, its uvicorn included) refuses to start on it, and says why;
+    # a gateway that got as far as serving fails the test instead of hanging it
+    monkeypatch.setattr(uvicorn.Server, "main_loop", _started_serving)
+    done = coe_in_process("serve", "-c", str(cfg), "--port", str(free_port()), "--dev", cwd=REPO)
     assert done.returncode != 0
     assert "169.254.169.254" in done.stderr and "COE_EGRESS_ALLOW" in done.stderr

@@ -4,7 +4,9 @@ Positive mode: requests that fit the schema never get a 5xx, and any 4xx is in O
 error shape. Negative mode: an invalid body gets a 4xx in that shape. Chat and route
 requests name a real expert or pipeline often enough that a real router (the embedding
 router on the real encoder) routes them. The admin API is fuzzed too, with every valid
-endpoint URL it is sent pointed at a loopback fake upstream.
+endpoint URL it is sent pointed at a loopback fake upstream. The gateway is reached
+in-process, as an ASGI app (schemathesis runs its lifespan); the fake upstream it calls
+listens on loopback.
 
 More examples: COE_FUZZ_EXAMPLES=5000 (per operation and mode; see docs/testing.md).
 """
@@ -19,20 +21,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 from schemathesis.generation.modes import GenerationMode
+from schemathesis.python import asgi
 
 from coe.config import Settings
 from coe.experts.schema import CoeConfig
 from coe.gateway import create_app
 from coe.testing import FakeUpstream
-from tests.support.server import ServedApp
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERTS = ["alpha", "beta"]
@@ -77,7 +79,7 @@ def examples_for(op: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def gateway_url() -> Iterator[str]:
+def gateway_app() -> Iterator[FastAPI]:
     with FakeUpstream("fuzz") as up:
         config = CoeConfig.model_validate(
             {
@@ -109,9 +111,10 @@ def gateway_url() -> Iterator[str]:
             }
         )
         settings = Settings(dev_mode=True, max_body_bytes=64 * 1024)
-        server = ServedApp(create_app(settings, config)).start(timeout_s=120)
-        yield server.base_url
-        server.stop()
+        try:
+            yield create_app(settings, config)
+        finally:
+            asgi.shutdown_lifespans()  # the app's shutdown, before its upstream goes
 
 
 def assert_openai_error(response: Any, case: Any) -> None:
@@ -222,8 +225,8 @@ def fuzz_operation(
 
 
 @pytest.mark.embed
-def test_openai_endpoints_fuzzed_with_valid_and_invalid_input(gateway_url: str) -> None:
-    schema = schemathesis.openapi.from_url(f"{gateway_url}/openapi.json").include(
+def test_openai_endpoints_fuzzed_with_valid_and_invalid_input(gateway_app: FastAPI) -> None:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", gateway_app).include(
         path_regex="^/v1/"
     )
     operations = {f"{op.method.upper()} {op.path}": op for op in operations_of(schema)}
@@ -253,7 +256,8 @@ def test_openai_endpoints_fuzzed_with_valid_and_invalid_input(gateway_url: str) 
         assert seen["200"] > 10, (op, seen)
         assert seen["routed:topic"] > 0, (op, seen)  # the embedding router decided some
     # the routed requests really went through routing: its decisions are counted
-    metrics = httpx.get(f"{gateway_url}/metrics", timeout=10).text
+    with asgi.get_client(gateway_app) as client:
+        metrics = client.get("/metrics", timeout=10).text
     assert 'coe_route_decisions_total{expert="alpha",router="topic"}' in metrics
 
 
@@ -274,7 +278,7 @@ def loopback(url: Any, upstream: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def admin_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def admin_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FastAPI, str]]:
     with FakeUpstream("fuzz-admin") as up:
         data = {
             "experts": [{"name": "alpha", "model": "m", "endpoints": [up.base_url]}],
@@ -289,14 +293,15 @@ def admin_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             experts_file=experts_file,
             max_body_bytes=64 * 1024,
         )
-        server = ServedApp(create_app(settings, CoeConfig.model_validate(data))).start()
-        yield server.base_url, up.base_url
-        server.stop()
+        try:
+            yield create_app(settings, CoeConfig.model_validate(data)), up.base_url
+        finally:
+            asgi.shutdown_lifespans()
 
 
-def test_admin_api_fuzzed_with_loopback_upstreams(admin_gateway: tuple[str, str]) -> None:
-    url, upstream = admin_gateway
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json").include(path_regex="^/admin/")
+def test_admin_api_fuzzed_with_loopback_upstreams(admin_gateway: tuple[FastAPI, str]) -> None:
+    app, upstream = admin_gateway
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).include(path_regex="^/admin/")
     auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def to_loopback(case: Any, _model: str | None, _question: str | None) -> None:
@@ -316,6 +321,7 @@ def test_admin_api_fuzzed_with_loopback_upstreams(admin_gateway: tuple[str, str]
         print(f"  {key}: {dict(seen)}")
     assert len(totals) == 24, sorted(totals)
     # every registered expert points at loopback only
-    experts = httpx.get(f"{url}/admin/experts", headers=auth, timeout=10).json()["data"]
+    with asgi.get_client(app) as client:
+        experts = client.get("/admin/experts", headers=auth, timeout=10).json()["data"]
     for expert in experts:
         assert all(e.startswith("http://127.0.0.1:") for e in expert["endpoints"]), expert

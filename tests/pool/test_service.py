@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import yaml
 
 from coe.errors import ConfigError
@@ -24,6 +25,7 @@ from coe.pool_service import create_pool_app
 from coe.testing import FakeUpstream, Fault
 from tests.pool.fake_lora import LoraServer
 from tests.support.asgi import HostRouter, InProcessUpstream, asgi_client
+from tests.support.cli import coe_in_process
 from tests.support.net import free_port, wait_healthy
 from tests.support.server import ServedApp
 
@@ -327,6 +329,7 @@ async def test_a_client_that_hangs_up_leaves_the_queue_and_frees_its_expert(
 # -- `coe pool serve` ---------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_coe_pool_serve_fronts_its_upstreams_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     with FakeUpstream("up-a") as a, FakeUpstream("up-b") as b:
@@ -384,16 +387,18 @@ def test_coe_pool_serve_fronts_its_upstreams_and_stops_on_sigterm(tmp_path: Path
     assert "Traceback" not in err
 
 
-def test_coe_pool_serve_refuses_an_unknown_pool(tmp_path: Path) -> None:
+def test_coe_pool_serve_refuses_an_unknown_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`coe pool serve` in-process, as its console script runs it; it never gets to serve."""
     config = pool_config(static_pool(a="http://a.test"), {"a": "model-a"})
     path = tmp_path / "experts.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True)))
-    out = subprocess.run(
-        [sys.executable, "-m", "coe.cli", "pool", "serve", "-c", str(path), "--pool", "gpu9"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+
+    def served(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the pool service started serving")
+
+    monkeypatch.setattr(uvicorn, "run", served)
+    out = coe_in_process("pool", "serve", "-c", str(path), "--pool", "gpu9", cwd=REPO)
     assert out.returncode == 2
     assert "error: no pool named gpu9 in the config (pools: p)" in out.stderr

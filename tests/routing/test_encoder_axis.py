@@ -29,9 +29,12 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def shared() -> EncoderCache:
-    """One cache per module: each back-end loads once."""
-    return EncoderCache()
+def shared(encoders: EncoderCache) -> EncoderCache:
+    """One cache per module: each back-end loads once, MiniLM once per session (the loaded
+    models are the session's; the counters are this cache's own)."""
+    cache = EncoderCache()
+    cache._shared.models = encoders._shared.models
+    return cache
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,6 @@ from coe.testing._runner import ThreadedServer
 
 
 class ServedApp(ThreadedServer):
-    def start(self, timeout_s: float = 30) -> Self:
+    def start(self, timeout_s: float = 30) -> Self:  # type: ignore[override]  # chains
         super().start(timeout_s)
         return self
