@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from coe.batch.units import Unit
 from coe.batch.work import BatchWork
+from coe.routing.decision import Candidate, RouteDecision
 from coe.store import keys
 from coe.store.embedded import EmbeddedStore
 from tests.pool.fakes import FakeController, checked_pool
@@ -24,8 +25,10 @@ async def routed_job(routes: Sequence[Sequence[str]]) -> tuple[EmbeddedStore, li
     await store.hset(keys.batch_items("b1"), items)
     await work.ensure_group()
     for i, experts in enumerate(routes):
-        candidates = [{"expert": e} for e in experts]
-        await work.save_route("b1", i, {"decision": {"candidates": candidates, "k": len(experts)}})
+        decision = RouteDecision(
+            tuple(Candidate(e, 1.0) for e in experts), "r", "test", k=len(experts)
+        )
+        await work.save_route("b1", i, {"decision": decision.to_dict()})
     assert await work.queue_runs_when_routed("b1", "w", ttl_s=60) is not None
     backlog = await store.xbacklog(keys.BATCH_STREAM, keys.BATCH_GROUP)
     return store, [Unit.parse(fields) for _, fields in backlog]

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coe.eval.harness import ROUTERS_DIR
 from coe.experts.schema import CoeConfig
 from coe.routing import Estimate, RouteContext, RouteDecision, Router, RouterDeps
 from coe.routing.index import ExactIndex
 from coe.routing.registry import RouterRegistry
 from coe.store.embedded import EmbeddedStore
+from tests.routers.conftest import ROUTERS_DIR
 
 CONFIG = CoeConfig.model_validate(
     {
