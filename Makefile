@@ -35,13 +35,15 @@ run: setup
 	$(BIN)/coe prepare-model >/dev/null
 	$(BIN)/coe up --dev
 
+# tests/tiers.py marks what each test needs and fails a fast test that starts a process.
+# Both run on two workers, a test file (and every test sharing the one vLLM server or local
+# Ray) on one worker (tests/conftest.py).
+FAST := not vllm and not ray and not browser and not process and not fuzz
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-# tests/tiers.py marks what each test needs and fails a test here that starts a process.
-FAST := not vllm and not ray and not browser and not process
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "$(FAST)"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "$(FAST)"
 
 lint: setup
 	$(BIN)/ruff check coe routers tests bench tools

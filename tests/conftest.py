@@ -24,8 +24,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks from what each test uses (tests/tiers.py), before `-m` selects."""
+    """Marks from what each test uses (tests/tiers.py), before `-m` selects. Under xdist
+    (`--dist loadgroup`) a file's tests run on one worker, in order, with its module fixtures
+    built once, as in a serial run; the tests that share one vLLM server or one local Ray
+    run on one worker."""
     mark_items(items)
+    for item in items:
+        heavy = item.get_closest_marker("vllm") or item.get_closest_marker("ray")
+        module = item.nodeid.split("::")[0].replace("/", ".")
+        item.add_marker(pytest.mark.xdist_group("heavy" if heavy else module))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

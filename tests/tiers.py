@@ -29,6 +29,7 @@ FIXTURE_MARKS: dict[str, tuple[str, ...]] = {
 # Files (under tests/) whose every test needs the marks.
 FILE_MARKS: dict[str, tuple[str, ...]] = {
     "console/test_browser.py": ("browser", "process"),
+    "gateway/test_fuzz.py": ("fuzz",),  # in-process, but half a minute of generated input
     "batch/test_redis_wipe.py": ("process",),
     "gateway/test_metrics_auth.py": ("process",),
     "gateway/test_overload.py": ("process",),
@@ -47,6 +48,7 @@ FILE_FIXTURE_MARKS: dict[str, dict[str, tuple[str, ...]]] = {
     "gateway/test_secrets.py": {"gateway": ("process",)},
     "observability/test_dashboards.py": {"deployment": ("process",)},
     "routing/test_thirdparty.py": {"site": ("process",)},  # pip installs the package
+    "plugins/test_out_of_tree.py": {"site": ("process",)},  # pip installs the package
 }
 
 # What the standard library runs once to answer a question about the machine, for libraries
