@@ -56,7 +56,7 @@ class Aggregation:
         self.strategy = strategy
 
     async def run(self, body: dict[str, Any], question: str, stream: bool) -> Answer:
-        picks = self.decision.candidates[: self.decision.k]
+        picks = self.decision.picks
         answers = await fan_out(
             self.client,
             picks,

@@ -62,8 +62,13 @@ class RouteDecision:
             raise ValueError("probability must be within [0, 1]")
 
     @property
+    def picks(self) -> tuple[Candidate, ...]:
+        """The candidates that answer: the first k (the one place that slices them)."""
+        return self.candidates[: self.k]
+
+    @property
     def chosen(self) -> list[str]:
-        return [c.expert for c in self.candidates[: self.k]]
+        return [c.expert for c in self.picks]
 
     @property
     def ranked(self) -> list[str]:

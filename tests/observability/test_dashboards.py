@@ -350,5 +350,11 @@ def test_a_query_on_a_name_coe_does_not_export_is_caught(deployment: Deployment)
         ("invalid", "sum by (path (rate(coe_requests_total[30s]))"),
         ("real", "sum by (path) (rate(coe_requests_total[30s]))"),
     ]
+    # The real one is asked again until it answers (a scrape that timed out on a loaded
+    # machine leaves the rate window short); the other two must stay reported.
+    deadline = time.monotonic() + 20
     problems = empty_or_failed(deployment.prometheus, queries)
+    while any(p.startswith("real:") for p in problems) and time.monotonic() < deadline:
+        time.sleep(1)
+        problems = empty_or_failed(deployment.prometheus, queries)
     assert [p.split(":")[0] for p in problems] == ["misspelt", "invalid"], problems
