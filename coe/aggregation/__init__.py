@@ -9,12 +9,18 @@ from coe.aggregation.extract import Extracted, extract_answer
 from coe.aggregation.fanout import ExpertAnswer, fan_out, sum_usage
 from coe.aggregation.judge import parse_verdict
 from coe.aggregation.outcome import FanOut
-from coe.aggregation.strategy import Strategy, StrategyRegistry, pipeline_strategies
+from coe.aggregation.strategy import (
+    Combining,
+    Strategy,
+    StrategyRegistry,
+    pipeline_strategies,
+)
 from coe.aggregation.vote import Ballot, VoteResult, all_agree, majority_vote
 
 __all__ = [
     "Aggregation",
     "Ballot",
+    "Combining",
     "ExpertAnswer",
     "Extracted",
     "FanOut",

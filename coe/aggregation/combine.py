@@ -14,7 +14,7 @@ from typing import Any
 
 from coe.aggregation.fanout import ExpertAnswer, fan_out, none_answered
 from coe.aggregation.outcome import FanOut, failures_of
-from coe.aggregation.strategy import Strategy, StrategyRegistry
+from coe.aggregation.strategy import Combining, Strategy, StrategyRegistry
 from coe.aggregation.stream import as_chunks
 from coe.dispatch import Answer, ExpertClient
 from coe.errors import UpstreamError
@@ -75,7 +75,7 @@ class Aggregation:
         if not ok:
             raise none_answered(answers)
         out = FanOut(self.spec.strategy, answers, deadline_s=self.spec.deadline_s)
-        return await self.strategy.combine(self, out, ok, body, question, stream)
+        return await self.strategy.combine(Combining(self, out, ok, body, question, stream))
 
     # -- what strategies build on ---------------------------------------------------------
     def final(self, out: FanOut, answer: ExpertAnswer, stream: bool) -> Answer:

@@ -7,12 +7,12 @@ in turn, and if all fail the top-scored expert answer is returned with a note sa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coe.aggregation.extract import extract_answer
 from coe.aggregation.judge import parse_verdict
 from coe.aggregation.prompts import JUDGE_PARAMS, judge_messages, synthesize_messages
-from coe.aggregation.strategy import Strategy
+from coe.aggregation.strategy import Combining, Strategy
 from coe.aggregation.stream import with_usage
 from coe.aggregation.vote import Ballot, all_agree, majority_vote
 from coe.dispatch import Answer, complete_ranked, stream_ranked
@@ -46,16 +46,8 @@ class First(Strategy):
     name = "first"
     until_first = True
 
-    async def combine(
-        self,
-        agg: Aggregation,
-        out: FanOut,
-        ok: list[ExpertAnswer],
-        body: dict[str, Any],
-        question: str,
-        stream: bool,
-    ) -> Answer:
-        return agg.final(out, min(ok, key=lambda a: a.latency_ms), stream)
+    async def combine(self, job: Combining) -> Answer:
+        return job.final(min(job.ok, key=lambda a: a.latency_ms))
 
 
 class Vote(Strategy):
@@ -63,18 +55,10 @@ class Vote(Strategy):
 
     name = "vote"
 
-    async def combine(
-        self,
-        agg: Aggregation,
-        out: FanOut,
-        ok: list[ExpertAnswer],
-        body: dict[str, Any],
-        question: str,
-        stream: bool,
-    ) -> Answer:
-        result = majority_vote(ballots(agg, ok))
-        out.extra["vote"] = result.to_dict()
-        return agg.final(out, next(a for a in ok if a.expert == result.winner), stream)
+    async def combine(self, job: Combining) -> Answer:
+        result = majority_vote(ballots(job.agg, job.ok))
+        job.out.extra["vote"] = result.to_dict()
+        return job.final(next(a for a in job.ok if a.expert == result.winner))
 
 
 class Synthesize(Strategy):
@@ -82,19 +66,12 @@ class Synthesize(Strategy):
 
     name = "synthesize"
 
-    async def combine(
-        self,
-        agg: Aggregation,
-        out: FanOut,
-        ok: list[ExpertAnswer],
-        body: dict[str, Any],
-        question: str,
-        stream: bool,
-    ) -> Answer:
+    async def combine(self, job: Combining) -> Answer:
+        agg, out, ok, body, stream = job.agg, job.out, job.ok, job.body, job.stream
         if (only := shortcut(agg, out, ok)) is not None:
-            return agg.final(out, only, stream)
+            return job.final(only)
         order = agg.aggregator_order(ok)
-        messages = synthesize_messages(body["messages"], question, [a.text for a in ok])
+        messages = synthesize_messages(body["messages"], job.question, [a.text for a in ok])
         request = {**agg.params(body), "messages": messages}
         try:
             if stream:
@@ -104,7 +81,7 @@ class Synthesize(Strategy):
                 out.aggregator_response = synthesis.response
         except UpstreamError as err:
             agg.fell_back(out, "aggregator", err, ok)
-            return agg.final(out, ok[0], stream)
+            return job.final(ok[0])
         out.aggregator = synthesis.expert
         out.aggregator_failures += synthesis.failures
         if out.aggregator != order[0]:
@@ -120,28 +97,21 @@ class Best(Strategy):
 
     name = "best"
 
-    async def combine(
-        self,
-        agg: Aggregation,
-        out: FanOut,
-        ok: list[ExpertAnswer],
-        body: dict[str, Any],
-        question: str,
-        stream: bool,
-    ) -> Answer:
+    async def combine(self, job: Combining) -> Answer:
+        agg, out, ok = job.agg, job.out, job.ok
         if (only := shortcut(agg, out, ok)) is not None:
-            return agg.final(out, only, stream)
+            return job.final(only)
         order = agg.aggregator_order(ok)
         request = {
-            **agg.params(body),
+            **agg.params(job.body),
             **JUDGE_PARAMS,
-            "messages": judge_messages(question, [a.text for a in ok]),
+            "messages": judge_messages(job.question, [a.text for a in ok]),
         }
         try:
             answer = await complete_ranked(agg.client, order, agg.experts, request)
         except UpstreamError as err:
             agg.fell_back(out, "judge", err, ok)
-            return agg.final(out, ok[0], stream)
+            return job.final(ok[0])
         out.aggregator = answer.expert
         out.aggregator_failures += answer.failures
         out.aggregator_response = answer.body
@@ -152,5 +122,5 @@ class Best(Strategy):
             out.note = (
                 f"judge {answer.expert}'s verdict was unparseable; returned the top-scored answer"
             )
-            return agg.final(out, ok[0], stream)
-        return agg.final(out, ok[choice - 1], stream)
+            return job.final(ok[0])
+        return job.final(ok[choice - 1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from coe.errors import ConfigError
@@ -23,6 +24,24 @@ if TYPE_CHECKING:
     from coe.experts.schema import CoeConfig
 
 
+@dataclass
+class Combining:
+    """What a strategy combines: the experts that answered (`ok`, best score first), the
+    fan-out's record (`out`, finished by `final` or `out.finish`), the request and the
+    aggregation it runs in (`agg`: the client, the experts, the spec)."""
+
+    agg: Aggregation
+    out: FanOut
+    ok: list[ExpertAnswer]
+    body: dict[str, Any]
+    question: str
+    stream: bool
+
+    def final(self, answer: ExpertAnswer) -> Answer:
+        """Return one expert's finished answer as the reply."""
+        return self.agg.final(self.out, answer, self.stream)
+
+
 class Strategy(ABC):
     """One way to combine answers. `until_first`: the fan-out may stop at the first answer."""
 
@@ -30,17 +49,8 @@ class Strategy(ABC):
     until_first: ClassVar[bool] = False
 
     @abstractmethod
-    async def combine(
-        self,
-        agg: Aggregation,
-        out: FanOut,
-        ok: list[ExpertAnswer],
-        body: dict[str, Any],
-        question: str,
-        stream: bool,
-    ) -> Answer:
-        """One answer from `ok` (the experts that answered, best score first); `out` is the
-        fan-out's record, finished by `agg.final` or `out.finish`."""
+    async def combine(self, job: Combining) -> Answer:
+        """One answer from `job.ok`."""
 
 
 class StrategyRegistry(Plugins[Strategy]):

@@ -68,8 +68,8 @@ class MirrorController(StaticController):
 class Shortest(Strategy):
     name = "oot-shortest"
 
-    async def combine(self, agg, out, ok, body, question, stream):
-        return agg.final(out, min(ok, key=lambda a: len(a.text)), stream)
+    async def combine(self, job):
+        return job.final(min(job.ok, key=lambda a: len(a.text)))
 
 
 class LengthBackend:
